@@ -1,0 +1,66 @@
+//! The API's settings, all from environment variables; the README's configuration table
+//! lists the same names.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use platform::config::{flag_or, millis_or, required, var_or};
+use platform::db::DbConfig;
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `API_LISTEN` (default `0.0.0.0:8080`).
+    pub listen: SocketAddr,
+    /// `API_ADMISSION_LIMIT` (default 256): requests in flight per process before new ones
+    /// are answered 503 `overloaded`.
+    pub admission_limit: usize,
+    /// `API_REQUEST_DEADLINE_MS` (default 10000): the longest any request may take.
+    pub request_deadline: Duration,
+    /// `API_MAX_BODY_BYTES` (default 16384): larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// `API_SHUTDOWN_DRAIN_MS` (default 1000): after SIGTERM, how long readiness is false
+    /// while requests are still accepted, so the load balancer can stop routing here.
+    pub shutdown_drain: Duration,
+    /// `API_SHUTDOWN_GRACE_MS` (default 15000): how long in-flight requests may take to
+    /// finish once the listener has closed.
+    pub shutdown_grace: Duration,
+    /// `API_DEMO_HOLD_SESSION_ACROSS_PSP` (default false): demonstration mode that holds one
+    /// database session for the whole payment, processor call included. It exists only so a
+    /// benchmark can show why that is wrong. Never enable it in production.
+    pub demo_hold_session_across_psp: bool,
+    pub psp: PspConfig,
+    pub db: DbConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PspConfig {
+    /// `PSP_URL`: base URL of the payment processor.
+    pub url: String,
+    /// `PSP_TIMEOUT_MS` (default 2000): per attempt.
+    pub timeout: Duration,
+    /// `PSP_MAX_RETRIES` (default 2): retries after a 5xx, a timeout or a connect error.
+    pub max_retries: u32,
+    /// `PSP_RETRY_BACKOFF_MS` (default 50): first backoff; doubles per retry, with jitter.
+    pub retry_backoff: Duration,
+}
+
+impl ApiConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            listen: var_or("API_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            admission_limit: var_or("API_ADMISSION_LIMIT", 256)?,
+            request_deadline: millis_or("API_REQUEST_DEADLINE_MS", 10_000)?,
+            max_body_bytes: var_or("API_MAX_BODY_BYTES", 16 * 1024)?,
+            shutdown_drain: millis_or("API_SHUTDOWN_DRAIN_MS", 1000)?,
+            shutdown_grace: millis_or("API_SHUTDOWN_GRACE_MS", 15_000)?,
+            demo_hold_session_across_psp: flag_or("API_DEMO_HOLD_SESSION_ACROSS_PSP", false)?,
+            psp: PspConfig {
+                url: required("PSP_URL")?,
+                timeout: millis_or("PSP_TIMEOUT_MS", 2000)?,
+                max_retries: var_or("PSP_MAX_RETRIES", 2)?,
+                retry_backoff: millis_or("PSP_RETRY_BACKOFF_MS", 50)?,
+            },
+            db: DbConfig::from_env()?,
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! What every Tierstack service shares.
+//!
+//! - [`config`]: typed settings read from environment variables with documented defaults.
+//! - [`db`]: the writer and reader pools, and the scoped database session that is the
+//!   only way service code touches PostgreSQL.
+//! - [`problem`]: RFC 9457 `application/problem+json` errors with stable types.
+//! - [`admission`]: the in-flight limit and request deadline that make overload fail fast.
+//! - [`shutdown`]: SIGTERM handling, readiness, and draining.
+//! - [`telemetry`]: structured logging.
+
+pub mod admission;
+pub mod config;
+pub mod db;
+pub mod problem;
+pub mod shutdown;
+pub mod telemetry;
