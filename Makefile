@@ -1,3 +1,44 @@
-.PHONY: test
-test:
-	cargo test --workspace
+# Tierstack: the two commands a user needs are `make demo` and `make test`.
+# Everything else is a step of one of them, exposed for day-to-day work.
+
+TIERCTL := deploy/local/tierctl
+SHELL := /bin/bash
+
+.PHONY: demo up down status smoke test lint unit integration test-tier-up test-tier-down bench-sessions toolchain
+
+## demo: bring up the local tier (release build) and exercise it through HAProxy.
+demo: toolchain up smoke
+
+## up / down / status / smoke: the local tier on ports 15400-15421.
+up: toolchain
+	$(TIERCTL) up --tier local --profile release
+
+down:
+	$(TIERCTL) down --tier local
+
+status:
+	$(TIERCTL) status --tier local
+
+smoke:
+	$(TIERCTL) smoke --tier local
+
+## test: lint, unit tests, then integration tests against a test tier (ports 16400-16421)
+## that it starts and stops itself. KEEP_TIER=1 leaves the tier running afterwards.
+test: toolchain lint
+	@set -euo pipefail; \
+	$(TIERCTL) up --tier test --profile debug; \
+	if [ "$${KEEP_TIER:-0}" != 1 ]; then trap '$(TIERCTL) down --tier test' EXIT; fi; \
+	set -a; eval "$$($(TIERCTL) env --tier test)"; set +a; \
+	cargo test --workspace --locked
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+## bench-sessions: 100 concurrent clients creating payments, disciplined vs demonstration mode.
+bench-sessions: toolchain
+	loadtest/bench-sessions.sh
+
+toolchain:
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs), then rerun" >&2; exit 1; }
+	@command -v cc >/dev/null || { echo "a C compiler is needed for TLS crates: apt-get install -y gcc" >&2; exit 1; }

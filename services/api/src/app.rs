@@ -12,7 +12,7 @@ use platform::db::Database;
 use platform::problem::{FieldError, Problem, ProblemType};
 use platform::shutdown::Shutdown;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -154,7 +154,13 @@ pub fn router(state: AppState) -> Router {
             tracing::error!("handler panicked");
             Problem::internal().into_response()
         }))
-        .layer(TraceLayer::new_for_http())
+        // Request spans and failure events at debug: an overloaded instance answers many
+        // 503s on purpose, and one log line each would add load exactly when it hurts.
+        // Failures that matter are logged where they happen, with their cause.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(state)
 }
 

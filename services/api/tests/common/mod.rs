@@ -1,0 +1,244 @@
+//! What the integration tests share: the addresses of the running tier, accounts, and
+//! in-process instances of the API and the processor simulator.
+//!
+//! The tier (PostgreSQL primary and replica, PgBouncer, two `api` processes behind HAProxy,
+//! `psp-sim`) is started by `make test` through `deploy/local/tierctl`, which writes the
+//! addresses to `tier.env`; the Makefile exports them to this process.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use api::config::{ApiConfig, PspConfig};
+use api::startup::Application;
+use platform::db::DbConfig;
+use platform::shutdown::Shutdown;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the tests with `make test`, which starts the local tier \
+             and exports its addresses"
+        )
+    })
+}
+
+/// The running tier's addresses.
+pub struct Tier;
+
+impl Tier {
+    pub fn haproxy_url() -> String {
+        env("TIERSTACK_HAPROXY_URL")
+    }
+    pub fn psp_url() -> String {
+        env("TIERSTACK_PSP_URL")
+    }
+    pub fn primary_url() -> String {
+        env("DB_PRIMARY_URL")
+    }
+    pub fn replica_url() -> String {
+        env("DB_REPLICA_URL")
+    }
+    pub fn writer_url() -> String {
+        env("DB_WRITER_URL")
+    }
+    pub fn probe_writer_url() -> String {
+        env("DB_PROBE_WRITER_URL")
+    }
+    pub fn reader_urls() -> Vec<String> {
+        env("DB_READER_URLS")
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    }
+    pub fn pgbouncer_admin_url() -> String {
+        env("PGBOUNCER_ADMIN_URL")
+    }
+    pub fn tierctl() -> String {
+        env("TIERSTACK_TIERCTL")
+    }
+}
+
+pub async fn connect(url: &str) -> PgConnection {
+    PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
+}
+
+/// A fresh tenant with its API key, already visible on the replica (authentication reads
+/// from replicas).
+pub struct TestAccount {
+    pub id: Uuid,
+    pub api_key: String,
+}
+
+pub async fn create_account(name: &str) -> TestAccount {
+    let mut primary = connect(&Tier::primary_url()).await;
+    let (id, api_key) = api::auth::create_account(&mut primary, name, "standard")
+        .await
+        .expect("account created");
+    wait_on_replica("SELECT count(*) FROM accounts WHERE id = $1", id, 1).await;
+    TestAccount { id, api_key }
+}
+
+/// Waits until `sql` (a count with one uuid parameter) reaches `expected` on the replica.
+pub async fn wait_on_replica(sql: &'static str, id: Uuid, expected: i64) {
+    let mut replica = connect(&Tier::replica_url()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let count: i64 = sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&mut replica)
+            .await
+            .expect("replica query");
+        if count >= expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica did not catch up within 10 s ({count} of {expected})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+pub fn payment_body(amount: i64) -> Value {
+    json!({ "amount": amount, "currency": "EUR", "description": "integration test" })
+}
+
+/// POSTs a payment and returns status, headers and the JSON body.
+pub async fn post_payment(
+    client: &reqwest::Client,
+    base: &str,
+    api_key: &str,
+    idempotency_key: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = client
+        .post(format!("{base}/v1/payments"))
+        .bearer_auth(api_key)
+        .header("Idempotency-Key", idempotency_key)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let json = response.json().await.unwrap_or(Value::Null);
+    (status, headers, json)
+}
+
+pub async fn get_json(client: &reqwest::Client, url: &str, api_key: &str) -> (u16, Value) {
+    let response = client
+        .get(url)
+        .bearer_auth(api_key)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Settings for an API instance started by a test, against the running tier.
+pub fn api_config(psp_url: &str) -> ApiConfig {
+    ApiConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admission_limit: 256,
+        request_deadline: Duration::from_secs(10),
+        max_body_bytes: 16 * 1024,
+        shutdown_drain: Duration::from_millis(100),
+        shutdown_grace: Duration::from_secs(10),
+        demo_hold_session_across_psp: false,
+        psp: PspConfig {
+            url: psp_url.to_owned(),
+            timeout: Duration::from_secs(5),
+            max_retries: 2,
+            retry_backoff: Duration::from_millis(20),
+        },
+        db: DbConfig {
+            writer_url: Tier::writer_url(),
+            reader_urls: Tier::reader_urls(),
+            writer_pool_size: 10,
+            reader_pool_size: 10,
+            acquire_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+            idle_in_transaction_timeout: Duration::from_secs(10),
+            session_hold_warn: Duration::from_millis(250),
+            writer_transaction_pooling: true,
+        },
+    }
+}
+
+/// An API instance running inside the test process.
+pub struct TestApi {
+    pub url: String,
+    pub shutdown: Shutdown,
+    pub db: platform::db::Database,
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        self.shutdown.stop();
+    }
+}
+
+pub async fn spawn_api(config: ApiConfig) -> TestApi {
+    let shutdown = Shutdown::new();
+    let application = Application::build(config, shutdown.clone())
+        .await
+        .expect("api builds");
+    let url = format!("http://{}", application.local_addr());
+    let db = application.state().db.clone();
+    tokio::spawn(application.run_until_stopped());
+    wait_ready(&url).await;
+    TestApi { url, shutdown, db }
+}
+
+pub async fn wait_ready(base: &str) {
+    let client = http();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base} did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Number of charges the shared simulator made for a payment.
+pub async fn charges_for(psp_url: &str, payment_id: &str) -> usize {
+    let (status, body) = get_json(
+        &http(),
+        &format!("{psp_url}/v1/charges?reference={payment_id}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    body["data"].as_array().expect("charge list").len()
+}
+
+/// Asserts an RFC 9457 body of the given type and returns it.
+pub fn assert_problem(status: u16, body: &Value, expected_status: u16, slug: &str) {
+    assert_eq!(status, expected_status, "body: {body}");
+    assert_eq!(
+        body["type"],
+        format!("https://tierstack.dev/problems/{slug}"),
+        "body: {body}"
+    );
+    assert_eq!(body["status"], expected_status);
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}

@@ -1,0 +1,365 @@
+//! Tests that watch or disturb shared parts of the tier (the replica, PgBouncer's pools,
+//! the primary's session list), so they take a lock and run one at a time. `cargo test`
+//! runs test binaries one after another, so they never overlap with the other files either.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use psp_sim::Behaviour;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// What the database showed at its busiest moment while payments waited on the processor.
+#[derive(Debug, Default)]
+struct Watch {
+    idle_in_transaction: i64,
+    pgbouncer_server_connections_held: i64,
+    samples: u32,
+}
+
+/// Sessions of the service that sit idle inside a transaction on the primary.
+async fn idle_in_transaction(primary: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = 'tierstack' AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(primary)
+    .await
+    .unwrap()
+}
+
+/// Server connections PgBouncer has assigned to clients of one database alias: `sv_active`
+/// in `SHOW POOLS`. The admin console speaks only the simple protocol, so psql asks.
+fn pgbouncer_active_servers(alias: &str) -> i64 {
+    let output = Command::new("psql")
+        .args([
+            &Tier::pgbouncer_admin_url(),
+            "-At",
+            "-F",
+            "|",
+            "-c",
+            "SHOW POOLS",
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    // Columns: database, user, cl_active, cl_waiting, (cl_active_cancel_req,
+    // cl_waiting_cancel_req,) sv_active, ... ; the header is not printed with -A -t, so
+    // the position of sv_active is found from the column count PgBouncer 1.18 uses.
+    text.lines()
+        .filter(|line| line.split('|').next() == Some(alias))
+        .map(|line| {
+            let columns: Vec<&str> = line.split('|').collect();
+            let sv_active = if columns.len() >= 16 { 6 } else { 4 };
+            columns[sv_active].parse::<i64>().unwrap()
+        })
+        .sum()
+}
+
+/// Creates `n` payments concurrently through `api_url` and, while they wait on the
+/// processor, samples the primary and PgBouncer.
+async fn watch_payments_in_flight(api_url: &str, psp: &psp_sim::RunningSim, n: usize) -> Watch {
+    let account = create_account("session-watch").await;
+    let client = http();
+    let requests: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, url, key) = (client.clone(), api_url.to_owned(), account.api_key.clone());
+            tokio::spawn(async move {
+                post_payment(
+                    &client,
+                    &url,
+                    &key,
+                    &format!("watch-{i}"),
+                    &payment_body(10),
+                )
+                .await
+            })
+        })
+        .collect();
+
+    // Wait until every payment has reached the processor, then sample while they wait on it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while psp.state.summary().attempts < n as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "payments never reached the processor"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut primary = connect(&Tier::primary_url()).await;
+    let mut watch = Watch::default();
+    let sampling_ends = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < sampling_ends {
+        watch.idle_in_transaction = watch
+            .idle_in_transaction
+            .max(idle_in_transaction(&mut primary).await);
+        watch.pgbouncer_server_connections_held = watch
+            .pgbouncer_server_connections_held
+            .max(pgbouncer_active_servers("tierstack_probe"));
+        watch.samples += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    for request in requests {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    watch
+}
+
+#[tokio::test]
+async fn no_session_is_held_while_the_processor_works() {
+    let _serial = SERIAL.lock().await;
+    let psp = psp_sim::spawn(Behaviour::fixed(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let mut config = api_config(&psp.url());
+    // A PgBouncer alias of its own, so its pool shows only this instance's sessions.
+    config.db.writer_url = Tier::probe_writer_url();
+    let api = spawn_api(config).await;
+
+    let watch = watch_payments_in_flight(&api.url, &psp, 10).await;
+
+    assert!(watch.samples >= 5, "{watch:?}");
+    assert_eq!(watch.idle_in_transaction, 0, "{watch:?}");
+    assert_eq!(watch.pgbouncer_server_connections_held, 0, "{watch:?}");
+    assert_eq!(api.db.stats().sessions_over_hold_warn, 0);
+}
+
+/// The same measurement against the demonstration mode must see the sessions: this is
+/// what proves the test above can fail.
+#[tokio::test]
+async fn demonstration_mode_is_seen_holding_sessions_across_the_processor_call() {
+    let _serial = SERIAL.lock().await;
+    let psp = psp_sim::spawn(Behaviour::fixed(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let mut config = api_config(&psp.url());
+    config.db.writer_url = Tier::probe_writer_url();
+    config.demo_hold_session_across_psp = true;
+    let api = spawn_api(config).await;
+
+    let watch = watch_payments_in_flight(&api.url, &psp, 10).await;
+
+    assert_eq!(watch.idle_in_transaction, 10, "{watch:?}");
+    assert_eq!(watch.pgbouncer_server_connections_held, 10, "{watch:?}");
+    assert!(api.db.stats().sessions_over_hold_warn >= 10);
+}
+
+/// Pauses WAL replay on the replica for the life of the guard.
+struct ReplayPaused(sqlx::PgConnection);
+
+impl ReplayPaused {
+    async fn start() -> Self {
+        let mut replica = connect(&Tier::replica_url()).await;
+        sqlx::query("SELECT pg_wal_replay_pause()")
+            .execute(&mut replica)
+            .await
+            .unwrap();
+        Self(replica)
+    }
+
+    async fn resume(mut self) {
+        sqlx::query("SELECT pg_wal_replay_resume()")
+            .execute(&mut self.0)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn reads_are_served_by_the_replica() {
+    let _serial = SERIAL.lock().await;
+    let account = create_account("replica-reads").await;
+    let base = Tier::haproxy_url();
+    let client = http();
+
+    // With replay paused, a new payment exists on the primary but not on the replica: if
+    // the API reads from the replica, it cannot see it yet.
+    let paused = ReplayPaused::start().await;
+    let (status, _, payment) = post_payment(
+        &client,
+        &base,
+        &account.api_key,
+        &Uuid::new_v4().to_string(),
+        &payment_body(300),
+    )
+    .await;
+    let url = format!(
+        "{base}/v1/payments/{}",
+        payment["id"].as_str().unwrap_or("none")
+    );
+    let (while_paused, _) = get_json(&client, &url, &account.api_key).await;
+    paused.resume().await;
+
+    assert_eq!(status, 201, "{payment}");
+    assert_eq!(while_paused, 404, "the read did not come from the replica");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = get_json(&client, &url, &account.api_key).await;
+        if status == 200 {
+            assert_eq!(body["status"], "succeeded");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "payment never appeared on the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tierctl(args: &[&str]) {
+    let status = Command::new(Tier::tierctl())
+        .args(args)
+        .args([
+            "--tier",
+            &env("TIERSTACK_TIER"),
+            "--run-dir",
+            &env("TIERSTACK_RUN_DIR"),
+        ])
+        .status()
+        .expect("tierctl runs");
+    assert!(status.success(), "tierctl {args:?} failed");
+}
+
+#[tokio::test]
+async fn with_the_replica_stopped_reads_are_served_by_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let account = create_account("replica-down").await;
+    let base = Tier::haproxy_url();
+    let client = http();
+    let (status, _, payment) = post_payment(
+        &client,
+        &base,
+        &account.api_key,
+        &Uuid::new_v4().to_string(),
+        &payment_body(400),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = payment["id"].as_str().unwrap().to_owned();
+    wait_on_replica(
+        "SELECT count(*) FROM payments WHERE id = $1",
+        id.parse().unwrap(),
+        1,
+    )
+    .await;
+
+    tierctl(&["stop-component", "postgres-replica"]);
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (status, _) = get_json(
+            &client,
+            &format!("{base}/v1/payments/{id}"),
+            &account.api_key,
+        )
+        .await;
+        statuses.push((status, started.elapsed()));
+    }
+    let (list_status, list) =
+        get_json(&client, &format!("{base}/v1/payments"), &account.api_key).await;
+    tierctl(&["start-component", "postgres-replica"]);
+
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|(_, took)| *took < Duration::from_secs(3)),
+        "{statuses:?}"
+    );
+    assert_eq!(list_status, 200);
+    assert_eq!(list["data"][0]["id"], id.as_str());
+
+    // Once the replica is back, reads return to it (replay-paused reads miss new rows).
+    wait_ready(&base).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let paused = ReplayPaused::start().await;
+    let (_, _, fresh) = post_payment(
+        &client,
+        &base,
+        &account.api_key,
+        &Uuid::new_v4().to_string(),
+        &payment_body(401),
+    )
+    .await;
+    let fresh_url = format!(
+        "{base}/v1/payments/{}",
+        fresh["id"].as_str().unwrap_or("none")
+    );
+    let (while_paused, _) = get_json(&client, &fresh_url, &account.api_key).await;
+    paused.resume().await;
+    assert_eq!(while_paused, 404, "reads did not return to the replica");
+}
+
+#[tokio::test]
+async fn sigterm_during_traffic_fails_no_in_flight_request() {
+    let _serial = SERIAL.lock().await;
+    let psp = psp_sim::spawn(Behaviour::fixed(Duration::from_millis(400)))
+        .await
+        .unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_api"))
+        .arg("serve")
+        .env("API_LISTEN", format!("127.0.0.1:{port}"))
+        .env("API_SHUTDOWN_DRAIN_MS", "300")
+        .env("API_SHUTDOWN_GRACE_MS", "5000")
+        .env("DB_WRITER_URL", Tier::writer_url())
+        .env("DB_READER_URLS", Tier::reader_urls().join(","))
+        .env("PSP_URL", psp.url())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("api starts");
+    wait_ready(&url).await;
+    let account = create_account("sigterm").await;
+    let client = http();
+
+    let in_flight: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, url, key) = (client.clone(), url.clone(), account.api_key.clone());
+            tokio::spawn(async move {
+                post_payment(&client, &url, &key, &format!("term-{i}"), &payment_body(10)).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let readiness = client.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(readiness.status(), 503, "readiness turns false first");
+
+    for request in in_flight {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!(status, 201, "an in-flight request failed: {body}");
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the process exits within its grace period")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit}");
+}
