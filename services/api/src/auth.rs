@@ -84,6 +84,17 @@ pub async fn create_account(
     Ok((id, issued.full_key))
 }
 
+/// The account, plan and secret hash behind a key id.
+async fn find_key(
+    connection: &mut PgConnection,
+    key_id: String,
+) -> Result<Option<(Uuid, String, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, plan, api_key_hash FROM accounts WHERE api_key_id = $1")
+        .bind(key_id)
+        .fetch_optional(connection)
+        .await
+}
+
 fn unauthorized(detail: &str) -> ApiError {
     ApiError::Unauthorized(detail.to_owned())
 }
@@ -115,21 +126,21 @@ impl FromRequestParts<AppState> for Account {
         let (key_id, secret) =
             split_key(key).ok_or_else(|| unauthorized("the API key is malformed"))?;
 
-        let key_id = key_id.to_owned();
-        let found = app
+        let mut found = app
             .db
-            .read("authenticate", move |c| {
-                let key_id = key_id.clone();
-                Box::pin(async move {
-                    sqlx::query_as::<_, (Uuid, String, Vec<u8>)>(
-                        "SELECT id, plan, api_key_hash FROM accounts WHERE api_key_id = $1",
-                    )
-                    .bind(key_id)
-                    .fetch_optional(c)
-                    .await
-                })
-            })
+            .read("authenticate", |c| Box::pin(find_key(c, key_id.to_owned())))
             .await?;
+        if found.is_none() {
+            // A key created a moment ago may not have reached the replica yet; a valid key
+            // must never be refused for that. Only well-formed keys get this far, and a
+            // miss costs one indexed lookup on the primary.
+            found = app
+                .db
+                .read_on_primary("authenticate_on_primary", |c| {
+                    Box::pin(find_key(c, key_id.to_owned()))
+                })
+                .await?;
+        }
 
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         match found {

@@ -220,6 +220,26 @@ async fn reads_are_served_by_the_replica() {
     }
 }
 
+#[tokio::test]
+async fn a_key_created_a_moment_ago_works_before_the_replica_has_it() {
+    let _serial = SERIAL.lock().await;
+    let paused = ReplayPaused::start().await;
+    let mut primary = connect(&Tier::primary_url()).await;
+    let (_, api_key) = api::auth::create_account(&mut primary, "fresh-key", "standard")
+        .await
+        .unwrap();
+
+    let (status, body) = get_json(
+        &http(),
+        &format!("{}/v1/payments", Tier::haproxy_url()),
+        &api_key,
+    )
+    .await;
+    paused.resume().await;
+
+    assert_eq!(status, 200, "a valid key was refused: {body}");
+}
+
 fn tierctl(args: &[&str]) {
     let status = Command::new(Tier::tierctl())
         .args(args)

@@ -374,6 +374,28 @@ impl Database {
         Ok(value)
     }
 
+    /// Runs `work` as one read-only session on the primary, for the few reads that must see
+    /// a write made a moment ago (a replica may not have replayed it yet). Everything else
+    /// reads with [`Database::read`].
+    pub async fn read_on_primary<T, F>(&self, label: &'static str, work: F) -> Result<T, DbError>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection) -> SessionFuture<'c, T>,
+    {
+        let inner = &self.inner;
+        let value = run_session(
+            inner,
+            &inner.writer,
+            &inner.reader_begin,
+            SessionPool::PrimaryFallback,
+            label,
+            work,
+        )
+        .await
+        .map_err(|e| self.note_error(DbError::classify(e, inner.config.acquire_timeout)))?;
+        inner.stats.reads_on_primary.fetch_add(1, Ordering::Relaxed);
+        Ok(value)
+    }
+
     /// Round robin over the replicas currently believed healthy.
     fn pick_replica(&self) -> Option<&Replica> {
         let replicas = &self.inner.replicas;

@@ -268,19 +268,19 @@ async fn create_charge(
 
     // The outcome is decided and recorded on arrival, under the lock, so a concurrent
     // duplicate finds it and is answered with the same charge instead of making another.
-    let decided = {
+    let decision = {
         let mut ledger = state.ledger.lock().expect("ledger lock");
         ledger.summary.attempts += 1;
         if let Some(existing) = ledger.by_key.get(&key).cloned() {
             if existing.amount != request.amount || existing.currency != request.currency {
-                Err("Idempotency-Key reused with a different amount or currency")
+                Decision::KeyReused
             } else {
                 ledger.summary.replays += 1;
-                Ok((existing, true))
+                Decision::Replay(existing)
             }
         } else if transient_failure {
             ledger.summary.transient_failures += 1;
-            Err("")
+            Decision::TransientFailure
         } else {
             let charge = Charge {
                 id: format!("ch_{}", Uuid::new_v4().simple()),
@@ -298,27 +298,37 @@ async fn create_charge(
                 ledger.by_key.insert(key.clone(), charge.clone());
             }
             ledger.summary.charges += 1;
-            Ok((charge, false))
+            Decision::New(charge)
         }
     };
 
     tokio::time::sleep(latency).await;
 
-    match decided {
-        Ok((charge, replayed)) => {
-            let status = match (charge.status, replayed) {
-                (ChargeStatus::Declined, _) => StatusCode::PAYMENT_REQUIRED,
-                (ChargeStatus::Succeeded, true) => StatusCode::OK,
-                (ChargeStatus::Succeeded, false) => StatusCode::CREATED,
-            };
-            (status, Json(charge)).into_response()
+    match decision {
+        Decision::New(charge) | Decision::Replay(charge)
+            if charge.status == ChargeStatus::Declined =>
+        {
+            (StatusCode::PAYMENT_REQUIRED, Json(charge)).into_response()
         }
-        Err("") => error(
+        Decision::New(charge) => (StatusCode::CREATED, Json(charge)).into_response(),
+        Decision::Replay(charge) => (StatusCode::OK, Json(charge)).into_response(),
+        Decision::TransientFailure => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "simulated transient failure",
         ),
-        Err(message) => error(StatusCode::UNPROCESSABLE_ENTITY, message),
+        Decision::KeyReused => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Idempotency-Key reused with a different amount or currency",
+        ),
     }
+}
+
+/// What the simulator decided for one call, before it sleeps for the latency.
+enum Decision {
+    New(Charge),
+    Replay(Charge),
+    TransientFailure,
+    KeyReused,
 }
 
 #[derive(Deserialize)]

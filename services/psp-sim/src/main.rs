@@ -1,10 +1,20 @@
 //! `psp-sim`: the simulated payment processor as a process.
 
 use anyhow::Context;
+use clap::Parser;
 use psp_sim::{Behaviour, SimState, router};
+
+/// A stand-in for an external payment processor. Every setting comes from the environment:
+/// PSP_SIM_LISTEN (127.0.0.1:9090), PSP_SIM_LATENCY_MEDIAN_MS (50), PSP_SIM_LATENCY_SIGMA
+/// (0.5), PSP_SIM_LATENCY_MAX_MS (5000), PSP_SIM_FAILURE_RATE (0), PSP_SIM_DECLINE_RATE (0).
+/// PUT /admin/behaviour changes them while it runs.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    Cli::parse();
     platform::telemetry::init();
 
     let listen = platform::config::var_or("PSP_SIM_LISTEN", "127.0.0.1:9090".to_owned())?;

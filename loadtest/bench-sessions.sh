@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Why the session discipline matters, measured side by side in one run.
+#
+# Against the local tier (release build), N concurrent clients create payments for a
+# fixed time, first with the API in its normal mode (two short sessions around the
+# processor call), then in the demonstration mode (one session held across the processor
+# call), then the API is put back in its normal mode. Then session-cost measures what the
+# PgBouncer-safe writer settings cost per session. Results and ratios are printed and kept
+# as JSON under target/bench/.
+#
+# Settings: CONCURRENCY (100), DURATION seconds (20), WARMUP seconds (3),
+# PSP_MEDIAN_MS (50), ACQUIRE_TIMEOUT_MS for both modes (2000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tierctl=deploy/local/tierctl
+concurrency=${CONCURRENCY:-100}
+duration=${DURATION:-20}
+warmup=${WARMUP:-3}
+psp_median_ms=${PSP_MEDIAN_MS:-50}
+acquire_timeout_ms=${ACQUIRE_TIMEOUT_MS:-2000}
+out=${OUT:-target/bench/sessions-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out"
+
+"$tierctl" up --tier local --profile release
+cargo build --release --locked -p loadtest
+set -a
+eval "$("$tierctl" env --tier local)"
+set +a
+
+# The processor's latency is part of the experiment: set it explicitly.
+python3 - "$TIERSTACK_PSP_URL" "$psp_median_ms" <<'PY'
+import json, sys, urllib.request
+url, median = sys.argv[1], float(sys.argv[2])
+behaviour = {"latency_median_ms": median, "latency_sigma": 0.5, "latency_max_ms": 5000,
+             "failure_rate": 0, "decline_rate": 0}
+request = urllib.request.Request(url + "/admin/behaviour", data=json.dumps(behaviour).encode(),
+                                 method="PUT", headers={"content-type": "application/json"})
+urllib.request.urlopen(request, timeout=5).read()
+PY
+
+restart_api() {
+  "$tierctl" stop-component api --tier local >/dev/null
+  "$tierctl" up --tier local --profile release --no-build \
+    --api-env "DB_ACQUIRE_TIMEOUT_MS=$acquire_timeout_ms" "$@" >/dev/null
+}
+
+run_ladder() {
+  local label=$1
+  target/release/loadtest --steps "$concurrency" --warmup "$warmup" --duration "$duration" \
+    --mix create=1 --accounts 50 --label "$label" --json-out "$out/$label.json"
+}
+
+trap 'restart_api' EXIT
+
+echo "== normal mode: two short sessions around the processor call"
+restart_api
+run_ladder disciplined
+
+echo "== demonstration mode: one session held across the processor call"
+restart_api --api-env API_DEMO_HOLD_SESSION_ACROSS_PSP=true
+run_ladder hold-session
+
+python3 - "$out/disciplined.json" "$out/hold-session.json" <<'PY'
+import json, sys
+good, bad = (json.load(open(p))["steps"][0] for p in sys.argv[1:3])
+def row(name, key):
+    g, b = key(good), key(bad)
+    ratio = f"{b / g:.2f}" if g else "-"
+    print(f"| {name} | {g} | {b} | {ratio} |")
+print(f"\n{good['concurrency']} concurrent clients, side by side")
+print("| measure | normal | hold session | hold / normal |")
+print("|---|---:|---:|---:|")
+row("goodput req/s", lambda s: round(s["goodput_rps"], 1))
+row("p50 ms", lambda s: round(s["success"]["p50_ms"], 1))
+row("p95 ms", lambda s: round(s["success"]["p95_ms"], 1))
+row("p99 ms", lambda s: round(s["success"]["p99_ms"], 1))
+row("pool timeouts", lambda s: s["outcomes"].get("pool_timeout", 0))
+row("other 5xx", lambda s: s["outcomes"].get("server5xx", 0) + s["outcomes"].get("deadline_exceeded", 0))
+row("primary connections max", lambda s: s["db"]["primary_connections_max"])
+row("primary busy connections max", lambda s: s["db"]["primary_busy_max"])
+row("pgbouncer sv_active max", lambda s: s["db"]["pgbouncer_server_active_max"])
+row("pgbouncer cl_waiting max", lambda s: s["db"]["pgbouncer_clients_waiting_max"])
+PY
+
+echo "== what the PgBouncer-safe writer settings cost per session"
+target/release/session-cost --rounds 5 --sessions 150 --concurrency 16 | tee "$out/session-cost.md"
+echo "results in $out"
