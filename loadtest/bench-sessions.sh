@@ -39,8 +39,11 @@ request = urllib.request.Request(url + "/admin/behaviour", data=json.dumps(behav
 urllib.request.urlopen(request, timeout=5).read()
 PY
 
+# Each run starts from the same state: fresh api processes, and a PgBouncer with no server
+# connections left open by the run before.
 restart_api() {
   "$tierctl" stop-component api --tier local >/dev/null
+  "$tierctl" stop-component pgbouncer --tier local >/dev/null
   "$tierctl" up --tier local --profile release --no-build \
     --api-env "DB_ACQUIRE_TIMEOUT_MS=$acquire_timeout_ms" "$@" >/dev/null
 }

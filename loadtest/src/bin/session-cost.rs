@@ -7,6 +7,9 @@
 //!
 //! - `product`: the product's writer path (`Database::write`): PgBouncer, cache off,
 //!   `BEGIN; SET LOCAL ...` per session.
+//! - `direct-uncached-tx`: straight to the primary with the product's settings (cache off,
+//!   explicit transaction): separates the cost of PgBouncer's hop from the cost of the
+//!   settings it forces.
 //! - `direct-tx`: straight to the primary, statement cache on, explicit transaction.
 //! - `direct`: straight to the primary, statement cache on, no transaction (the floor).
 //! - `pgbouncer-cached`: PgBouncer with the default statement cache and no transaction,
@@ -45,14 +48,16 @@ const QUERY: &str = "SELECT id, amount, status FROM payments WHERE id = $1";
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Product,
+    DirectUncachedTx,
     DirectTx,
     Direct,
     PgbouncerCached,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [
+    const ALL: [Mode; 5] = [
         Mode::Product,
+        Mode::DirectUncachedTx,
         Mode::DirectTx,
         Mode::Direct,
         Mode::PgbouncerCached,
@@ -61,6 +66,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Product => "product (pgbouncer, cache off, tx)",
+            Mode::DirectUncachedTx => "direct-uncached-tx (primary, cache off, tx)",
             Mode::DirectTx => "direct-tx (primary, cache on, tx)",
             Mode::Direct => "direct (primary, cache on, no tx)",
             Mode::PgbouncerCached => "pgbouncer-cached (cache on, no tx)",
@@ -70,6 +76,7 @@ impl Mode {
 
 struct Targets {
     product: Database,
+    direct_uncached: PgPool,
     direct: PgPool,
     pgbouncer_cached: PgPool,
 }
@@ -100,6 +107,10 @@ async fn main() -> anyhow::Result<()> {
     config.writer_pool_size = pool_size;
     let targets = Arc::new(Targets {
         product: Database::connect(config, "session-cost")?,
+        direct_uncached: PgPoolOptions::new()
+            .max_connections(pool_size)
+            .connect_with(PgConnectOptions::from_str(&cli.primary_url)?.statement_cache_capacity(0))
+            .await?,
         direct: PgPoolOptions::new()
             .max_connections(pool_size)
             .connect_with(PgConnectOptions::from_str(&cli.primary_url)?)
@@ -148,16 +159,17 @@ async fn main() -> anyhow::Result<()> {
         throughput.push(rate);
         p50.push(p50_us);
     }
-    println!(
-        "\nproduct vs direct-tx: throughput x{:.2}, p50 x{:.2}",
-        throughput[0] / throughput[1],
-        p50[0] / p50[1]
-    );
-    println!(
-        "product vs direct (no tx): throughput x{:.2}, p50 x{:.2}",
-        throughput[0] / throughput[2],
-        p50[0] / p50[2]
-    );
+    let ratio = |name: &str, other: usize| {
+        println!(
+            "product vs {name}: throughput x{:.2}, p50 x{:.2}",
+            throughput[0] / throughput[other],
+            p50[0] / p50[other]
+        )
+    };
+    println!();
+    ratio("direct-uncached-tx (the PgBouncer hop alone)", 1);
+    ratio("direct-tx", 2);
+    ratio("direct, no tx (the floor)", 3);
     Ok(())
 }
 
@@ -220,9 +232,14 @@ async fn one_session(targets: &Targets, mode: Mode, id: uuid::Uuid) -> bool {
             })
             .await
             .is_ok(),
-        Mode::DirectTx => {
+        Mode::DirectUncachedTx | Mode::DirectTx => {
+            let pool = if mode == Mode::DirectTx {
+                &targets.direct
+            } else {
+                &targets.direct_uncached
+            };
             let attempt = async {
-                let mut tx = targets.direct.begin().await?;
+                let mut tx = pool.begin().await?;
                 sqlx::query(QUERY).bind(id).fetch_optional(&mut *tx).await?;
                 tx.commit().await
             };
