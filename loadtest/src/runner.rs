@@ -1,22 +1,65 @@
-//! The closed model: N virtual clients, each with exactly one request in flight and no
-//! pause between requests. Concurrency is what is fixed; throughput is what is measured.
+//! The three ways to apply load.
+//!
+//! - **Closed**: N virtual clients, each with exactly one request in flight and no pause.
+//!   Concurrency is fixed; throughput is what the service delivers.
+//! - **Users**: N users who pause between requests (think time, fixed or exponential).
+//!   1000 users thinking for a second offer roughly 1000 req/s but only as many concurrent
+//!   requests as arrive within one response time.
+//! - **Open**: requests arrive at a constant rate whatever the service does. Latency is
+//!   measured from each request's *scheduled* send time, so a server that stalls cannot
+//!   hide its queue by slowing the load generator down (coordinated omission).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use rand::seq::IndexedRandom;
 
 use crate::scenario::{Mix, Operation};
 use crate::stats::{Outcome, Recorder};
 
-/// How long a virtual client waits after a failed request before its next one.
+/// How long a virtual client waits after a failed request before its next one. A client
+/// that came back the instant it was refused would turn a fast 503 into a busy loop and
+/// measure its own retry storm.
 pub const FAILURE_PAUSE: Duration = Duration::from_millis(10);
 
+/// The pause of a user between two requests.
+#[derive(Debug, Clone, Copy)]
+pub enum Think {
+    Fixed(Duration),
+    /// Exponentially distributed with this mean: arrivals from many users then look like a
+    /// Poisson process, as real traffic does.
+    Exponential(Duration),
+}
+
+impl Think {
+    fn sample(self, rng: &mut impl Rng) -> Duration {
+        match self {
+            Think::Fixed(pause) => pause,
+            Think::Exponential(mean) => {
+                let uniform: f64 = rng.random_range(f64::EPSILON..1.0);
+                mean.mul_f64(-uniform.ln())
+            }
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Think::Fixed(pause) => format!("fixed {:.0} ms", pause.as_secs_f64() * 1000.0),
+            Think::Exponential(mean) => {
+                format!("exponential, mean {:.0} ms", mean.as_secs_f64() * 1000.0)
+            }
+        }
+    }
+}
+
 pub struct StepPlan {
+    /// Virtual clients, or users.
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    pub think: Option<Think>,
 }
 
 /// Live counters a progress display reads while the step runs.
@@ -26,6 +69,15 @@ pub struct Progress {
     pub failed: AtomicU64,
 }
 
+impl Progress {
+    fn note(&self, outcome: Outcome) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if outcome != Outcome::Success {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 pub struct Workload {
     pub client: reqwest::Client,
     pub target: String,
@@ -33,22 +85,93 @@ pub struct Workload {
     pub mix: Mix,
 }
 
-/// Runs one step and returns what was measured after the warm-up.
+/// How one request ended.
+struct Sent {
+    outcome: Outcome,
+    has_retry_after: bool,
+    created_id: Option<String>,
+}
+
+/// Sends one request of the mix. `payment_id` is what a read asks for.
+async fn send(
+    workload: &Workload,
+    operation: Operation,
+    api_key: &str,
+    payment_id: Option<&str>,
+    amount: i64,
+) -> Sent {
+    let target = &workload.target;
+    let request = match (operation, payment_id) {
+        (Operation::GetPayment, Some(id)) => {
+            workload.client.get(format!("{target}/v1/payments/{id}"))
+        }
+        (Operation::ListPayments, _) => workload
+            .client
+            .get(format!("{target}/v1/payments?limit=20")),
+        // A read with nothing to read creates something instead.
+        (Operation::CreatePayment | Operation::GetPayment, _) => workload
+            .client
+            .post(format!("{target}/v1/payments"))
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .json(&serde_json::json!({
+                "amount": amount,
+                "currency": "EUR",
+                "description": "loadtest",
+            })),
+    };
+    let creates = operation == Operation::CreatePayment || payment_id.is_none();
+
+    match request.bearer_auth(api_key).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let has_retry_after = response.headers().contains_key("retry-after");
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let outcome = Outcome::classify(status, body.get("type").and_then(|t| t.as_str()));
+            let created_id = (creates && outcome == Outcome::Success)
+                .then(|| body["id"].as_str().map(str::to_owned))
+                .flatten();
+            Sent {
+                outcome,
+                has_retry_after,
+                created_id,
+            }
+        }
+        Err(error) => Sent {
+            outcome: if error.is_timeout() {
+                Outcome::ClientTimeout
+            } else {
+                Outcome::ConnectionError
+            },
+            has_retry_after: false,
+            created_id: None,
+        },
+    }
+}
+
+/// Runs one closed-model or users step and returns what was measured after the warm-up.
 pub async fn run_step(
     workload: Arc<Workload>,
     plan: &StepPlan,
     progress: Arc<Progress>,
 ) -> Recorder {
-    let started = Instant::now();
-    let measure_from = started + plan.warmup;
+    let measure_from = Instant::now() + plan.warmup;
     let stop_at = measure_from + plan.duration;
+    let think = plan.think;
 
     let clients: Vec<_> = (0..plan.concurrency)
         .map(|client_index| {
             let workload = workload.clone();
             let progress = progress.clone();
             tokio::spawn(async move {
-                virtual_client(&workload, client_index, measure_from, stop_at, &progress).await
+                virtual_client(
+                    &workload,
+                    client_index,
+                    measure_from,
+                    stop_at,
+                    think,
+                    &progress,
+                )
+                .await
             })
         })
         .collect();
@@ -67,85 +190,170 @@ async fn virtual_client(
     client_index: usize,
     measure_from: Instant,
     stop_at: Instant,
+    think: Option<Think>,
     progress: &Progress,
 ) -> Recorder {
     let mut recorder = Recorder::default();
     let api_key = &workload.api_keys[client_index % workload.api_keys.len()];
     let mut own_payments: Vec<String> = Vec::new();
-    let mut sequence = 0u64;
+    let mut sequence = 0i64;
+
+    // Users start spread over one think time, not all in the same millisecond.
+    if let Some(think) = think {
+        let offset = think
+            .sample(&mut rand::rng())
+            .mul_f64(rand::rng().random_range(0.0..1.0));
+        tokio::time::sleep(offset).await;
+    }
 
     while Instant::now() < stop_at {
-        let operation = {
+        let (operation, payment_id) = {
             let mut rng = rand::rng();
-            match workload.mix.pick(&mut rng) {
-                // A read needs something to read: the client's own first payment comes first.
-                Operation::GetPayment if own_payments.is_empty() => Operation::CreatePayment,
-                other => other,
-            }
+            let operation = workload.mix.pick(&mut rng);
+            (operation, own_payments.choose(&mut rng).cloned())
         };
         sequence += 1;
 
-        let request = match operation {
-            Operation::CreatePayment => workload
-                .client
-                .post(format!("{}/v1/payments", workload.target))
-                .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-                .json(&serde_json::json!({
-                    "amount": 100 + (sequence % 10_000) as i64,
-                    "currency": "EUR",
-                    "description": "loadtest",
-                })),
-            Operation::GetPayment => {
-                let id = own_payments
-                    .choose(&mut rand::rng())
-                    .expect("checked non-empty above");
-                workload
-                    .client
-                    .get(format!("{}/v1/payments/{id}", workload.target))
-            }
-            Operation::ListPayments => workload
-                .client
-                .get(format!("{}/v1/payments?limit=20", workload.target)),
-        };
-
         let sent_at = Instant::now();
-        let result = request.bearer_auth(api_key).send().await;
-        let (outcome, has_retry_after, created_id) = match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let has_retry_after = response.headers().contains_key("retry-after");
-                let body: serde_json::Value = response.json().await.unwrap_or_default();
-                let problem_type = body.get("type").and_then(|t| t.as_str());
-                let outcome = Outcome::classify(status, problem_type);
-                let created_id = (operation == Operation::CreatePayment
-                    && outcome == Outcome::Success)
-                    .then(|| body["id"].as_str().map(str::to_owned))
-                    .flatten();
-                (outcome, has_retry_after, created_id)
-            }
-            Err(error) if error.is_timeout() => (Outcome::ClientTimeout, false, None),
-            Err(_) => (Outcome::ConnectionError, false, None),
-        };
+        let sent = send(
+            workload,
+            operation,
+            api_key,
+            payment_id.as_deref(),
+            100 + sequence,
+        )
+        .await;
         let latency = sent_at.elapsed();
 
-        if let Some(id) = created_id
+        if let Some(id) = sent.created_id
             && own_payments.len() < 100
         {
             own_payments.push(id);
         }
         if sent_at >= measure_from {
-            recorder.record(outcome, latency, has_retry_after);
-            progress.completed.fetch_add(1, Ordering::Relaxed);
-            if outcome != Outcome::Success {
-                progress.failed.fetch_add(1, Ordering::Relaxed);
-            }
+            recorder.record(sent.outcome, latency, sent.has_retry_after);
+            progress.note(sent.outcome);
         }
 
-        // A client that came back the instant it was refused would turn a fast 503 into a
-        // busy loop and measure its own retry storm; a short pause keeps it a client.
-        if outcome != Outcome::Success {
-            tokio::time::sleep(FAILURE_PAUSE).await;
+        let pause = match think {
+            Some(think) => think.sample(&mut rand::rng()),
+            None if sent.outcome != Outcome::Success => FAILURE_PAUSE,
+            None => Duration::ZERO,
+        };
+        if !pause.is_zero() {
+            tokio::time::sleep(pause.min(stop_at.saturating_duration_since(Instant::now()))).await;
         }
     }
     recorder
+}
+
+/// Runs one open-model step: `rate` requests per second, each on a schedule fixed in
+/// advance. At most `max_in_flight` requests are outstanding; a request that would exceed
+/// it is not sent and counts as a client timeout, because a real arrival would have found
+/// the service that far behind.
+pub async fn run_open_step(
+    workload: Arc<Workload>,
+    rate: usize,
+    warmup: Duration,
+    duration: Duration,
+    max_in_flight: usize,
+    progress: Arc<Progress>,
+) -> Recorder {
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let stop_at = measure_from + duration;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let created: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    for index in 0u64.. {
+        let scheduled = started + period.mul_f64(index as f64);
+        if scheduled >= stop_at {
+            break;
+        }
+        tokio::time::sleep_until(scheduled.into()).await;
+        let measured = scheduled >= measure_from;
+
+        if in_flight.load(Ordering::Relaxed) >= max_in_flight as u64 {
+            if measured {
+                recorder.lock().expect("recorder lock").record(
+                    Outcome::ClientTimeout,
+                    scheduled.elapsed(),
+                    false,
+                );
+                progress.note(Outcome::ClientTimeout);
+            }
+            continue;
+        }
+
+        let (workload, recorder, in_flight, created, progress) = (
+            workload.clone(),
+            recorder.clone(),
+            in_flight.clone(),
+            created.clone(),
+            progress.clone(),
+        );
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        tasks.spawn(async move {
+            let (operation, payment_id, api_key) = {
+                let mut rng = rand::rng();
+                let created = created.lock().expect("created lock");
+                (
+                    workload.mix.pick(&mut rng),
+                    created.choose(&mut rng).cloned(),
+                    workload.api_keys[index as usize % workload.api_keys.len()].clone(),
+                )
+            };
+            let sent = send(
+                &workload,
+                operation,
+                &api_key,
+                payment_id.as_deref(),
+                100 + index as i64,
+            )
+            .await;
+            // Latency from the scheduled send time, not from when the request went out.
+            let latency = scheduled.elapsed();
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Some(id) = sent.created_id {
+                let mut created = created.lock().expect("created lock");
+                if created.len() < 10_000 {
+                    created.push(id);
+                }
+            }
+            if measured {
+                recorder.lock().expect("recorder lock").record(
+                    sent.outcome,
+                    latency,
+                    sent.has_retry_after,
+                );
+                progress.note(sent.outcome);
+            }
+        });
+        // Reap finished tasks as we go so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+
+    Arc::try_unwrap(recorder)
+        .map(|m| m.into_inner().expect("recorder lock"))
+        .unwrap_or_else(|shared| shared.lock().expect("recorder lock").clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_think_time_has_the_requested_mean() {
+        let think = Think::Exponential(Duration::from_millis(1000));
+        let mut rng = rand::rng();
+        let total: f64 = (0..20_000)
+            .map(|_| think.sample(&mut rng).as_secs_f64())
+            .sum();
+        let mean = total / 20_000.0;
+        assert!((0.95..1.05).contains(&mean), "{mean}");
+    }
 }

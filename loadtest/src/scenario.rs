@@ -52,6 +52,22 @@ impl std::str::FromStr for Mix {
 }
 
 impl Mix {
+    /// The mix as it would be written on the command line.
+    pub fn describe(&self) -> String {
+        self.weights
+            .iter()
+            .map(|(operation, weight)| {
+                let name = match operation {
+                    Operation::CreatePayment => "create",
+                    Operation::GetPayment => "get",
+                    Operation::ListPayments => "list",
+                };
+                format!("{name}={weight}")
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn pick(&self, rng: &mut impl Rng) -> Operation {
         let mut roll = rng.random_range(0..self.total);
         for (operation, weight) in &self.weights {
