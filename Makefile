@@ -4,10 +4,12 @@
 TIERCTL := deploy/local/tierctl
 SHELL := /bin/bash
 
-.PHONY: demo up down status smoke test lint unit integration test-tier-up test-tier-down bench-sessions toolchain
+.PHONY: demo up down status smoke test lint bench-sessions bench-oha toolchain
 
-## demo: bring up the local tier (release build) and exercise it through HAProxy.
-demo: toolchain up smoke
+## demo: bring up the local tier (release build), run the load ladder 25/50/100/120 with its
+## verdict, the side-by-side comparison with the hold-session mode, and 1000 users.
+demo: toolchain
+	loadtest/demo.sh
 
 ## up / down / status / smoke: the local tier on ports 15400-15421.
 up: toolchain
@@ -38,6 +40,10 @@ lint:
 ## bench-sessions: 100 concurrent clients creating payments, disciplined vs demonstration mode.
 bench-sessions: toolchain
 	loadtest/bench-sessions.sh
+
+## bench-oha: the load tool's numbers against oha's, same endpoint and concurrency.
+bench-oha: toolchain
+	loadtest/bench-oha.py
 
 toolchain:
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs), then rerun" >&2; exit 1; }

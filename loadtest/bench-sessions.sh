@@ -28,16 +28,22 @@ set -a
 eval "$("$tierctl" env --tier local)"
 set +a
 
-# The processor's latency is part of the experiment: set it explicitly.
-python3 - "$TIERSTACK_PSP_URL" "$psp_median_ms" <<'PY'
+# The processor's latency is part of the experiment: set it explicitly, and put back what
+# it was when the script ends.
+psp_behaviour() {
+  python3 - "$TIERSTACK_PSP_URL" "$1" <<'PY'
 import json, sys, urllib.request
-url, median = sys.argv[1], float(sys.argv[2])
-behaviour = {"latency_median_ms": median, "latency_sigma": 0.5, "latency_max_ms": 5000,
-             "failure_rate": 0, "decline_rate": 0}
-request = urllib.request.Request(url + "/admin/behaviour", data=json.dumps(behaviour).encode(),
-                                 method="PUT", headers={"content-type": "application/json"})
-urllib.request.urlopen(request, timeout=5).read()
+url, wanted = sys.argv[1] + "/admin/behaviour", sys.argv[2]
+if wanted == "get":
+    print(urllib.request.urlopen(url, timeout=5).read().decode())
+else:
+    request = urllib.request.Request(url, data=wanted.encode(), method="PUT",
+                                     headers={"content-type": "application/json"})
+    urllib.request.urlopen(request, timeout=5).read()
 PY
+}
+original_behaviour=$(psp_behaviour get)
+psp_behaviour "{\"latency_median_ms\": $psp_median_ms, \"latency_sigma\": 0.5, \"latency_max_ms\": 5000, \"failure_rate\": 0, \"decline_rate\": 0}"
 
 # Each run starts from the same state: fresh api processes, and a PgBouncer with no server
 # connections left open by the run before.
@@ -54,7 +60,7 @@ run_ladder() {
     --mix create=1 --accounts 50 --label "$label" --json-out "$out/$label.json"
 }
 
-trap 'restart_api' EXIT
+trap 'restart_api; psp_behaviour "$original_behaviour"' EXIT
 
 echo "== normal mode: two short sessions around the processor call"
 restart_api

@@ -313,7 +313,11 @@ impl Database {
         let inner = &self.inner;
         let timeout = inner.config.acquire_timeout;
 
-        if let Some(replica) = self.pick_replica() {
+        // At most two replicas are tried: the next in rotation, then, if it failed, one more.
+        for _ in 0..2 {
+            let Some(replica) = self.pick_replica() else {
+                break;
+            };
             match run_session(
                 inner,
                 &replica.pool,
@@ -333,29 +337,6 @@ impl Database {
                     self.mark_unhealthy(replica, &error);
                 }
                 Err(error) => return Err(self.note_error(DbError::classify(error, timeout))),
-            }
-
-            // The replica failed: one more try on the next healthy one before the primary.
-            if let Some(next) = self.pick_replica() {
-                match run_session(
-                    inner,
-                    &next.pool,
-                    &inner.reader_begin,
-                    SessionPool::Replica,
-                    label,
-                    &work,
-                )
-                .await
-                {
-                    Ok(value) => {
-                        inner.stats.reads_on_replica.fetch_add(1, Ordering::Relaxed);
-                        return Ok(value);
-                    }
-                    Err(error) if replica_is_down(&error, &next.pool) => {
-                        self.mark_unhealthy(next, &error);
-                    }
-                    Err(error) => return Err(self.note_error(DbError::classify(error, timeout))),
-                }
             }
         }
 
@@ -458,7 +439,7 @@ impl Database {
                 if replica.healthy.load(Ordering::Relaxed) {
                     continue;
                 }
-                if probe_replica(&replica.connect, interval).await {
+                if probe(&replica.connect, interval).await {
                     replica.healthy.store(true, Ordering::Relaxed);
                     tracing::info!(replica = %replica.display, "replica back in rotation");
                 }
@@ -470,13 +451,7 @@ impl Database {
     /// depend on a free slot in the pool, or a saturated instance would be pulled from the
     /// load balancer exactly when it is busiest.
     pub async fn ping_writer(&self, timeout: Duration) -> bool {
-        let options = self.inner.writer.connect_options();
-        let attempt = async {
-            let mut connection = options.connect().await?;
-            sqlx::raw_sql("SELECT 1").execute(&mut connection).await?;
-            connection.close().await
-        };
-        matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(())))
+        probe(&self.inner.writer.connect_options(), timeout).await
     }
 
     pub fn stats(&self) -> SessionStatsSnapshot {
@@ -575,7 +550,8 @@ fn replica_is_down(error: &sqlx::Error, pool: &PgPool) -> bool {
     }
 }
 
-async fn probe_replica(options: &PgConnectOptions, timeout: Duration) -> bool {
+/// Connects afresh (not from a pool) and runs `SELECT 1` within `timeout`.
+async fn probe(options: &PgConnectOptions, timeout: Duration) -> bool {
     let attempt = async {
         let mut connection = options.connect().await?;
         sqlx::raw_sql("SELECT 1").execute(&mut connection).await?;
