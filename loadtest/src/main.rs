@@ -315,19 +315,17 @@ async fn prepare(
     target: &str,
     connections: usize,
 ) -> anyhow::Result<Arc<Workload>> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs_f64(common.client_timeout))
-        .pool_max_idle_per_host(connections)
-        .build()?;
-    let target = target.trim_end_matches('/').to_owned();
     let api_keys = scenario::seed_accounts(&common.primary_url, common.accounts.max(1)).await?;
-    scenario::wait_until_usable(&client, &target, api_keys.last().expect("seeded")).await?;
-    Ok(Arc::new(Workload {
-        client,
+    let workload = Workload::new(
+        runner::http_client(connections),
         target,
-        api_keys,
-        mix: common.mix.clone(),
-    }))
+        &api_keys,
+        common.mix.clone(),
+        Duration::from_secs_f64(common.client_timeout),
+    )?;
+    let last_key = api_keys.last().expect("seeded");
+    scenario::wait_until_usable(&workload.target, last_key).await?;
+    Ok(Arc::new(workload))
 }
 
 async fn ladder(common: &Common, workload: Arc<Workload>, steps: &[usize], label: &str) -> Run {

@@ -13,6 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 
@@ -78,73 +85,135 @@ impl Progress {
     }
 }
 
+/// The HTTP/1.1 client of the request path.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client(connections: usize) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .build_http()
+}
+
+/// What every request of a run shares. URIs and `Authorization` values are built once: the
+/// tool shares the machine with the service it measures, so its own CPU per request counts.
 pub struct Workload {
-    pub client: reqwest::Client,
+    pub client: HttpClient,
     pub target: String,
-    pub api_keys: Vec<String>,
+    /// `Authorization: Bearer ...` of each seeded account.
+    pub authorizations: Vec<HeaderValue>,
     pub mix: Mix,
+    /// The client gives up on a request after this long.
+    pub timeout: Duration,
+    payments_uri: Uri,
+    list_uri: Uri,
+}
+
+impl Workload {
+    pub fn new(
+        client: HttpClient,
+        target: &str,
+        api_keys: &[String],
+        mix: Mix,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let target = target.trim_end_matches('/').to_owned();
+        let authorizations = api_keys
+            .iter()
+            .map(|key| HeaderValue::from_str(&format!("Bearer {key}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            client,
+            payments_uri: format!("{target}/v1/payments").parse()?,
+            list_uri: format!("{target}/v1/payments?limit=20").parse()?,
+            target,
+            authorizations,
+            mix,
+            timeout,
+        })
+    }
+
+    /// The URI of one payment, parsed once when the payment is created.
+    fn payment_uri(&self, id: &str) -> Option<Uri> {
+        format!("{}/{id}", self.payments_uri).parse().ok()
+    }
 }
 
 /// How one request ended.
 struct Sent {
     outcome: Outcome,
     has_retry_after: bool,
-    created_id: Option<String>,
+    /// The URI of the payment this request created, if it created one.
+    created: Option<Uri>,
 }
 
-/// Sends one request of the mix. `payment_id` is what a read asks for.
+/// Sends one request of the mix. `payment` is what a read asks for.
 async fn send(
     workload: &Workload,
     operation: Operation,
-    api_key: &str,
-    payment_id: Option<&str>,
+    authorization: &HeaderValue,
+    payment: Option<&Uri>,
     amount: i64,
 ) -> Sent {
-    let target = &workload.target;
-    let request = match (operation, payment_id) {
-        (Operation::GetPayment, Some(id)) => {
-            workload.client.get(format!("{target}/v1/payments/{id}"))
+    let creates = operation == Operation::CreatePayment || payment.is_none();
+    let builder = Request::builder().header(AUTHORIZATION, authorization.clone());
+    let request = match (operation, payment) {
+        (Operation::GetPayment, Some(uri)) => builder.uri(uri.clone()).body(Full::default()),
+        (Operation::ListPayments, _) => {
+            builder.uri(workload.list_uri.clone()).body(Full::default())
         }
-        (Operation::ListPayments, _) => workload
-            .client
-            .get(format!("{target}/v1/payments?limit=20")),
         // A read with nothing to read creates something instead.
-        (Operation::CreatePayment | Operation::GetPayment, _) => workload
-            .client
-            .post(format!("{target}/v1/payments"))
-            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-            .json(&serde_json::json!({
-                "amount": amount,
-                "currency": "EUR",
-                "description": "loadtest",
-            })),
+        (Operation::CreatePayment | Operation::GetPayment, _) => builder
+            .method(Method::POST)
+            .uri(workload.payments_uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"amount":{amount},"currency":"EUR","description":"loadtest"}}"#
+            )))),
     };
-    let creates = operation == Operation::CreatePayment || payment_id.is_none();
+    let Ok(request) = request else {
+        return Sent::failed(Outcome::ConnectionError);
+    };
 
-    match request.bearer_auth(api_key).send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let has_retry_after = response.headers().contains_key("retry-after");
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            let outcome = Outcome::classify(status, body.get("type").and_then(|t| t.as_str()));
-            let created_id = (creates && outcome == Outcome::Success)
-                .then(|| body["id"].as_str().map(str::to_owned))
-                .flatten();
-            Sent {
-                outcome,
-                has_retry_after,
-                created_id,
-            }
-        }
-        Err(error) => Sent {
-            outcome: if error.is_timeout() {
-                Outcome::ClientTimeout
-            } else {
-                Outcome::ConnectionError
-            },
+    let exchange = async {
+        let response = workload.client.request(request).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
+    };
+    let (parts, body) = match tokio::time::timeout(workload.timeout, exchange).await {
+        Ok(Ok(exchanged)) => exchanged,
+        Ok(Err(_)) => return Sent::failed(Outcome::ConnectionError),
+        Err(_) => return Sent::failed(Outcome::ClientTimeout),
+    };
+
+    let status = parts.status.as_u16();
+    // The body is parsed only when something is needed from it: the id of a new payment,
+    // or the problem type of a failure. A successful read is only drained.
+    let needs_body = creates || !(200..300).contains(&status);
+    let body: serde_json::Value = if needs_body {
+        serde_json::from_slice(&body).unwrap_or_default()
+    } else {
+        serde_json::Value::Null
+    };
+    let outcome = Outcome::classify(status, body.get("type").and_then(|t| t.as_str()));
+    let created = (creates && outcome == Outcome::Success)
+        .then(|| body["id"].as_str().and_then(|id| workload.payment_uri(id)))
+        .flatten();
+    Sent {
+        outcome,
+        has_retry_after: parts.headers.contains_key(RETRY_AFTER),
+        created,
+    }
+}
+
+impl Sent {
+    fn failed(outcome: Outcome) -> Self {
+        Self {
+            outcome,
             has_retry_after: false,
-            created_id: None,
-        },
+            created: None,
+        }
     }
 }
 
@@ -194,8 +263,8 @@ async fn virtual_client(
     progress: &Progress,
 ) -> Recorder {
     let mut recorder = Recorder::default();
-    let api_key = &workload.api_keys[client_index % workload.api_keys.len()];
-    let mut own_payments: Vec<String> = Vec::new();
+    let authorization = &workload.authorizations[client_index % workload.authorizations.len()];
+    let mut own_payments: Vec<Uri> = Vec::new();
     let mut sequence = 0i64;
 
     // Users start spread over one think time, not all in the same millisecond.
@@ -207,28 +276,21 @@ async fn virtual_client(
     }
 
     while Instant::now() < stop_at {
-        let (operation, payment_id) = {
+        let (operation, payment) = {
             let mut rng = rand::rng();
             let operation = workload.mix.pick(&mut rng);
-            (operation, own_payments.choose(&mut rng).cloned())
+            (operation, own_payments.choose(&mut rng))
         };
         sequence += 1;
 
         let sent_at = Instant::now();
-        let sent = send(
-            workload,
-            operation,
-            api_key,
-            payment_id.as_deref(),
-            100 + sequence,
-        )
-        .await;
+        let sent = send(workload, operation, authorization, payment, 100 + sequence).await;
         let latency = sent_at.elapsed();
 
-        if let Some(id) = sent.created_id
+        if let Some(url) = sent.created
             && own_payments.len() < 100
         {
-            own_payments.push(id);
+            own_payments.push(url);
         }
         if sent_at >= measure_from {
             recorder.record(sent.outcome, latency, sent.has_retry_after);
@@ -265,7 +327,7 @@ pub async fn run_open_step(
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let recorder = Arc::new(Mutex::new(Recorder::default()));
     let in_flight = Arc::new(AtomicU64::new(0));
-    let created: Arc<Mutex<Vec<String>>> = Arc::default();
+    let created: Arc<Mutex<Vec<Uri>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
 
     for index in 0u64.. {
@@ -297,30 +359,31 @@ pub async fn run_open_step(
         );
         in_flight.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(async move {
-            let (operation, payment_id, api_key) = {
+            let (operation, payment) = {
                 let mut rng = rand::rng();
                 let created = created.lock().expect("created lock");
                 (
                     workload.mix.pick(&mut rng),
                     created.choose(&mut rng).cloned(),
-                    workload.api_keys[index as usize % workload.api_keys.len()].clone(),
                 )
             };
+            let authorization =
+                &workload.authorizations[index as usize % workload.authorizations.len()];
             let sent = send(
                 &workload,
                 operation,
-                &api_key,
-                payment_id.as_deref(),
+                authorization,
+                payment.as_ref(),
                 100 + index as i64,
             )
             .await;
             // Latency from the scheduled send time, not from when the request went out.
             let latency = scheduled.elapsed();
             in_flight.fetch_sub(1, Ordering::Relaxed);
-            if let Some(id) = sent.created_id {
+            if let Some(url) = sent.created {
                 let mut created = created.lock().expect("created lock");
                 if created.len() < 10_000 {
-                    created.push(id);
+                    created.push(url);
                 }
             }
             if measured {

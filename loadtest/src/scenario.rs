@@ -99,11 +99,10 @@ pub async fn seed_accounts(primary_url: &str, count: usize) -> anyhow::Result<Ve
 
 /// Waits until the target accepts the last seeded key: authentication reads from replicas,
 /// which trail the primary by a few milliseconds.
-pub async fn wait_until_usable(
-    client: &reqwest::Client,
-    target: &str,
-    key: &str,
-) -> anyhow::Result<()> {
+pub async fn wait_until_usable(target: &str, key: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let response = client
