@@ -122,7 +122,7 @@ impl Report {
             md.push('\n');
         }
         if self.runs.len() == 2 {
-            md.push_str("## Side by side\n\n");
+            md.push_str("\n## Side by side\n\n");
             md.push_str(&compare_table(&self.runs[0], &self.runs[1]));
         }
         md.push_str("\n![p95, throughput and database connections](chart.svg)\n");

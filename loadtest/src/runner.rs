@@ -327,7 +327,9 @@ pub async fn run_open_step(
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let recorder = Arc::new(Mutex::new(Recorder::default()));
     let in_flight = Arc::new(AtomicU64::new(0));
-    let created: Arc<Mutex<Vec<Uri>>> = Arc::default();
+    // Payments created so far, with the account that owns each: a read must be sent as
+    // its owner, or it is (rightly) a 404.
+    let created: Arc<Mutex<Vec<(usize, Uri)>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
 
     for index in 0u64.. {
@@ -359,7 +361,7 @@ pub async fn run_open_step(
         );
         in_flight.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(async move {
-            let (operation, payment) = {
+            let (operation, owned) = {
                 let mut rng = rand::rng();
                 let created = created.lock().expect("created lock");
                 (
@@ -367,8 +369,12 @@ pub async fn run_open_step(
                     created.choose(&mut rng).cloned(),
                 )
             };
-            let authorization =
-                &workload.authorizations[index as usize % workload.authorizations.len()];
+            let accounts = workload.authorizations.len();
+            let (account, payment) = match owned {
+                Some((owner, uri)) if operation == Operation::GetPayment => (owner, Some(uri)),
+                _ => (index as usize % accounts, None),
+            };
+            let authorization = &workload.authorizations[account];
             let sent = send(
                 &workload,
                 operation,
@@ -380,10 +386,10 @@ pub async fn run_open_step(
             // Latency from the scheduled send time, not from when the request went out.
             let latency = scheduled.elapsed();
             in_flight.fetch_sub(1, Ordering::Relaxed);
-            if let Some(url) = sent.created {
+            if let Some(uri) = sent.created {
                 let mut created = created.lock().expect("created lock");
                 if created.len() < 10_000 {
-                    created.push(url);
+                    created.push((account, uri));
                 }
             }
             if measured {
