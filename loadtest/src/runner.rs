@@ -414,6 +414,89 @@ pub async fn run_open_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Percentiles;
+
+    async fn fast_server() -> String {
+        let app = axum::Router::new().route("/v1/payments", axum::routing::get(|| async { "{}" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// A server that handles one request at a time, 20 ms each: at most 50 req/s.
+    async fn one_at_a_time_server() -> String {
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let app = axum::Router::new().route(
+            "/v1/payments",
+            axum::routing::get(move || {
+                let lock = lock.clone();
+                async move {
+                    let _serial = lock.lock().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    "{}"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn workload(target: &str) -> Arc<Workload> {
+        let keys = ["tsk_test".to_owned()];
+        let mix = "list=1".parse().unwrap();
+        Arc::new(
+            Workload::new(http_client(64), target, &keys, mix, Duration::from_secs(10)).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn open_model_measures_from_the_schedule_when_the_generator_falls_behind() {
+        // A fast server, and a load generator whose only thread is blocked for the first
+        // 400 ms: the requests scheduled in that time go out late. Measured from when they
+        // were sent they would look fast; measured from their schedule, the 40 or so that
+        // were held back show up to 400 ms of waiting, as a real arrival would have seen.
+        let target = fast_server().await;
+        tokio::spawn(async {
+            std::thread::sleep(Duration::from_millis(400));
+        });
+        let recorder = run_open_step(
+            workload(&target),
+            100,
+            Duration::ZERO,
+            Duration::from_secs(1),
+            1000,
+            Arc::default(),
+        )
+        .await;
+
+        assert_eq!(recorder.total(), 100);
+        let held_back = recorder.success.count_between(100_000, 1_000_000);
+        assert!(
+            (25..=45).contains(&held_back),
+            "{held_back} requests waited 100 ms or more"
+        );
+        let on_time = recorder.success.count_between(1, 50_000);
+        assert!(on_time >= 50, "{on_time} requests were served on time");
+    }
+
+    #[tokio::test]
+    async fn closed_model_with_one_client_sees_only_the_service_time() {
+        let target = one_at_a_time_server().await;
+        let plan = StepPlan {
+            concurrency: 1,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(500),
+            think: None,
+        };
+        let recorder = run_step(workload(&target), &plan, Arc::default()).await;
+
+        let latency = Percentiles::of(&recorder.success);
+        assert!(recorder.total() >= 15, "{}", recorder.total());
+        assert!(latency.p99_ms < 100.0, "{latency:?}");
+    }
 
     #[test]
     fn exponential_think_time_has_the_requested_mean() {
