@@ -177,6 +177,34 @@ impl ReplayPaused {
     }
 }
 
+/// Creates a payment while the replica's replay is paused and reads it back at once.
+/// Returns the payment as created and the status of the read: 404 means the read was
+/// served by the replica (which cannot have the payment yet), 200 that it was not.
+async fn create_then_read_with_replay_paused(
+    base: &str,
+    account: &TestAccount,
+    amount: i64,
+) -> (serde_json::Value, u16) {
+    let client = http();
+    let paused = ReplayPaused::start().await;
+    let (status, _, payment) = post_payment(
+        &client,
+        base,
+        &account.api_key,
+        &Uuid::new_v4().to_string(),
+        &payment_body(amount),
+    )
+    .await;
+    let url = format!(
+        "{base}/v1/payments/{}",
+        payment["id"].as_str().unwrap_or("none")
+    );
+    let (read_status, _) = get_json(&client, &url, &account.api_key).await;
+    paused.resume().await;
+    assert_eq!(status, 201, "{payment}");
+    (payment, read_status)
+}
+
 #[tokio::test]
 async fn reads_are_served_by_the_replica() {
     let _serial = SERIAL.lock().await;
@@ -186,23 +214,9 @@ async fn reads_are_served_by_the_replica() {
 
     // With replay paused, a new payment exists on the primary but not on the replica: if
     // the API reads from the replica, it cannot see it yet.
-    let paused = ReplayPaused::start().await;
-    let (status, _, payment) = post_payment(
-        &client,
-        &base,
-        &account.api_key,
-        &Uuid::new_v4().to_string(),
-        &payment_body(300),
-    )
-    .await;
-    let url = format!(
-        "{base}/v1/payments/{}",
-        payment["id"].as_str().unwrap_or("none")
-    );
-    let (while_paused, _) = get_json(&client, &url, &account.api_key).await;
-    paused.resume().await;
+    let (payment, while_paused) = create_then_read_with_replay_paused(&base, &account, 300).await;
+    let url = format!("{base}/v1/payments/{}", payment["id"].as_str().unwrap());
 
-    assert_eq!(status, 201, "{payment}");
     assert_eq!(while_paused, 404, "the read did not come from the replica");
 
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -306,21 +320,7 @@ async fn with_the_replica_stopped_reads_are_served_by_the_primary() {
     // Once the replica is back, reads return to it (replay-paused reads miss new rows).
     wait_ready(&base).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let paused = ReplayPaused::start().await;
-    let (_, _, fresh) = post_payment(
-        &client,
-        &base,
-        &account.api_key,
-        &Uuid::new_v4().to_string(),
-        &payment_body(401),
-    )
-    .await;
-    let fresh_url = format!(
-        "{base}/v1/payments/{}",
-        fresh["id"].as_str().unwrap_or("none")
-    );
-    let (while_paused, _) = get_json(&client, &fresh_url, &account.api_key).await;
-    paused.resume().await;
+    let (_, while_paused) = create_then_read_with_replay_paused(&base, &account, 401).await;
     assert_eq!(while_paused, 404, "reads did not return to the replica");
 }
 

@@ -270,17 +270,8 @@ impl Database {
     where
         F: for<'c> FnOnce(&'c mut PgConnection) -> SessionFuture<'c, T>,
     {
-        let inner = &self.inner;
-        let result = run_session(
-            inner,
-            &inner.writer,
-            &inner.writer_begin,
-            SessionPool::Writer,
-            label,
-            work,
-        )
-        .await;
-        result.map_err(|e| self.note_error(DbError::classify(e, inner.config.acquire_timeout)))
+        self.on_primary(&self.inner.writer_begin, SessionPool::Writer, label, work)
+            .await
     }
 
     /// Demonstration only: the anti-pattern this project exists to prevent.
@@ -341,18 +332,7 @@ impl Database {
         }
 
         self.note_primary_fallback();
-        let value = run_session(
-            inner,
-            &inner.writer,
-            &inner.reader_begin,
-            SessionPool::PrimaryFallback,
-            label,
-            &work,
-        )
-        .await
-        .map_err(|e| self.note_error(DbError::classify(e, timeout)))?;
-        inner.stats.reads_on_primary.fetch_add(1, Ordering::Relaxed);
-        Ok(value)
+        self.read_on_primary(label, &work).await
     }
 
     /// Runs `work` as one read-only session on the primary, for the few reads that must see
@@ -362,19 +342,36 @@ impl Database {
     where
         F: for<'c> FnOnce(&'c mut PgConnection) -> SessionFuture<'c, T>,
     {
-        let inner = &self.inner;
-        let value = run_session(
-            inner,
-            &inner.writer,
-            &inner.reader_begin,
-            SessionPool::PrimaryFallback,
-            label,
-            work,
-        )
-        .await
-        .map_err(|e| self.note_error(DbError::classify(e, inner.config.acquire_timeout)))?;
-        inner.stats.reads_on_primary.fetch_add(1, Ordering::Relaxed);
+        let value = self
+            .on_primary(
+                &self.inner.reader_begin,
+                SessionPool::PrimaryFallback,
+                label,
+                work,
+            )
+            .await?;
+        self.inner
+            .stats
+            .reads_on_primary
+            .fetch_add(1, Ordering::Relaxed);
         Ok(value)
+    }
+
+    /// One session on the writer pool, opened with `begin`.
+    async fn on_primary<T, F>(
+        &self,
+        begin: &str,
+        which: SessionPool,
+        label: &'static str,
+        work: F,
+    ) -> Result<T, DbError>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection) -> SessionFuture<'c, T>,
+    {
+        let inner = &self.inner;
+        run_session(inner, &inner.writer, begin, which, label, work)
+            .await
+            .map_err(|e| self.note_error(DbError::classify(e, inner.config.acquire_timeout)))
     }
 
     /// Round robin over the replicas currently believed healthy.
