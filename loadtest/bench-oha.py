@@ -61,7 +61,8 @@ def tier_env():
 
 def one_payment(env):
     """An account, and one payment of it visible through the API."""
-    created = run([ROOT / "target/release/api", "accounts", "create", "--name", "oha-agreement"],
+    created = run([ROOT / "target/release/api", "accounts", "create", "--name", "oha-agreement",
+                    "--plan", "loadtest"],
                   env={**os.environ, **env}, capture_output=True, text=True).stdout
     key = json.loads(created)["api_key"]
     base = env["TIERSTACK_HAPROXY_URL"]

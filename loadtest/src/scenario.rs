@@ -80,7 +80,9 @@ impl Mix {
     }
 }
 
-/// Creates `count` accounts directly on the primary and returns their API keys.
+/// Creates `count` accounts directly on the primary and returns their API keys. They are on
+/// the `loadtest` plan, which the tier gives a rate limit high enough that a load test
+/// measures the service's capacity, not the limiter.
 pub async fn seed_accounts(primary_url: &str, count: usize) -> anyhow::Result<Vec<String>> {
     let mut connection = PgConnection::connect(primary_url)
         .await
@@ -89,7 +91,7 @@ pub async fn seed_accounts(primary_url: &str, count: usize) -> anyhow::Result<Ve
     let mut transaction = connection.begin().await?;
     for i in 0..count {
         let (_, key) =
-            api::auth::create_account(&mut transaction, &format!("loadtest-{i}"), "standard")
+            api::auth::create_account(&mut transaction, &format!("loadtest-{i}"), "loadtest")
                 .await?;
         keys.push(key);
     }

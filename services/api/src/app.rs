@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::response::IntoResponse;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use platform::db::Database;
 use platform::problem::{FieldError, Problem, ProblemType};
+use platform::redis::Redis;
 use platform::shutdown::Shutdown;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -18,9 +22,12 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth;
+use crate::cache::PaymentCache;
 use crate::config::ApiConfig;
 use crate::psp::PspClient;
-use crate::routes::{health, payments};
+use crate::ratelimit::{self, RateLimiter};
+use crate::routes::{health, metrics, payments};
 
 /// Everything a handler may use. Note what is absent: no pool and no connection. Handlers
 /// reach the database only through [`Database`]'s session closures.
@@ -30,13 +37,26 @@ pub struct AppState {
     pub psp: Arc<PspClient>,
     pub config: Arc<ApiConfig>,
     pub shutdown: Shutdown,
+    pub redis: Option<Redis>,
+    pub cache: Arc<PaymentCache>,
+    pub limiter: Arc<RateLimiter>,
     database_ready: Arc<AtomicBool>,
 }
 
 impl AppState {
     pub fn new(config: ApiConfig, db: Database, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let redis = Redis::connect(&config.redis)?;
+        let cache_redis = redis.clone().filter(|_| config.cache_enabled);
+        let plans = ratelimit::parse_plans(&config.rate_limit_plans)?;
         Ok(Self {
             psp: Arc::new(PspClient::new(config.psp.clone())?),
+            cache: Arc::new(PaymentCache::new(cache_redis, config.cache_ttl)),
+            limiter: Arc::new(RateLimiter::new(
+                plans,
+                redis.clone(),
+                config.rate_limit_fail_closed,
+            )),
+            redis,
             db,
             config: Arc::new(config),
             shutdown,
@@ -119,6 +139,10 @@ pub fn router(state: AppState) -> Router {
     let (payment_routes, payments_doc) = OpenApiRouter::new()
         .routes(routes!(payments::create_payment, payments::list_payments))
         .routes(routes!(payments::get_payment))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate_and_limit,
+        ))
         .layer(admission)
         .split_for_parts();
     let (health_routes, health_doc) = OpenApiRouter::new()
@@ -133,6 +157,7 @@ pub fn router(state: AppState) -> Router {
 
     payment_routes
         .merge(health_routes)
+        .route("/metrics", get(metrics::render))
         .route(
             "/openapi.json",
             get(move || {
@@ -162,6 +187,41 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(state)
+}
+
+/// Authenticates the caller, applies its plan's rate limit, and reports the limit on the
+/// response: every authenticated response carries `RateLimit-Limit`, `RateLimit-Remaining`
+/// and `RateLimit-Reset`; a refused one is a 429 with `Retry-After`.
+async fn authenticate_and_limit(
+    State(app): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let account = match auth::authenticate(request.headers(), &app).await {
+        Ok(account) => account,
+        Err(error) => return error.into_response(),
+    };
+    let decision = app.limiter.check(&account.key_id, &account.plan).await;
+    let mut response = if decision.allowed {
+        request.extensions_mut().insert(account);
+        next.run(request).await
+    } else {
+        Problem::new(
+            ProblemType::RateLimited,
+            format!(
+                "this API key may send {} requests per {} s on its plan; retry after the given delay",
+                decision.limit,
+                app.limiter.limit_for(&account.plan).period.as_secs_f64()
+            ),
+        )
+        .retry_after(Duration::from_secs(decision.retry_after_seconds))
+        .into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(decision.reset_seconds));
+    response
 }
 
 /// The OpenAPI document, for tools that want it without a running server.

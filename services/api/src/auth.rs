@@ -7,7 +7,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use platform::problem::{Problem, ProblemType};
 use rand::RngCore;
@@ -26,6 +26,8 @@ const PREFIX: &str = "tsk_";
 pub struct Account {
     pub id: Uuid,
     pub plan: String,
+    /// The public part of the API key: what rate limits are counted by.
+    pub key_id: String,
 }
 
 /// A freshly issued key. The full key is shown once, at creation, and never stored.
@@ -109,46 +111,58 @@ pub fn unauthorized_response(detail: String) -> Response {
     response
 }
 
+/// Finds the account behind the request's `Authorization` header.
+pub async fn authenticate(headers: &HeaderMap, app: &AppState) -> Result<Account, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("send your API key as `Authorization: Bearer tsk_...`"))?;
+    let key = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("the Authorization header must use the Bearer scheme"))?;
+    let (key_id, secret) =
+        split_key(key).ok_or_else(|| unauthorized("the API key is malformed"))?;
+
+    let mut found = app
+        .db
+        .read("authenticate", |c| Box::pin(find_key(c, key_id.to_owned())))
+        .await?;
+    if found.is_none() {
+        // A key created a moment ago may not have reached the replica yet; a valid key
+        // must never be refused for that. Only well-formed keys get this far, and a miss
+        // costs one indexed lookup on the primary.
+        found = app
+            .db
+            .read_on_primary("authenticate_on_primary", |c| {
+                Box::pin(find_key(c, key_id.to_owned()))
+            })
+            .await?;
+    }
+
+    let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    match found {
+        Some((id, plan, stored)) if bool::from(presented[..].ct_eq(&stored[..])) => Ok(Account {
+            id,
+            plan,
+            key_id: key_id.to_owned(),
+        }),
+        _ => Err(unauthorized("the API key is not valid")),
+    }
+}
+
+/// Handlers take the account that the authentication middleware (see `app::router`) put
+/// in the request's extensions.
 impl FromRequestParts<AppState> for Account {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("send your API key as `Authorization: Bearer tsk_...`"))?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| unauthorized("the Authorization header must use the Bearer scheme"))?;
-        let (key_id, secret) =
-            split_key(key).ok_or_else(|| unauthorized("the API key is malformed"))?;
-
-        let mut found = app
-            .db
-            .read("authenticate", |c| Box::pin(find_key(c, key_id.to_owned())))
-            .await?;
-        if found.is_none() {
-            // A key created a moment ago may not have reached the replica yet; a valid key
-            // must never be refused for that. Only well-formed keys get this far, and a
-            // miss costs one indexed lookup on the primary.
-            found = app
-                .db
-                .read_on_primary("authenticate_on_primary", |c| {
-                    Box::pin(find_key(c, key_id.to_owned()))
-                })
-                .await?;
-        }
-
-        let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        match found {
-            Some((id, plan, stored)) if bool::from(presented[..].ct_eq(&stored[..])) => {
-                Ok(Account { id, plan })
-            }
-            _ => Err(unauthorized("the API key is not valid")),
-        }
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Account>()
+            .cloned()
+            .ok_or_else(|| unauthorized("send your API key as `Authorization: Bearer tsk_...`"))
     }
 }
 

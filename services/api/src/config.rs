@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use platform::config::{flag_or, millis_or, required, var_or};
 use platform::db::DbConfig;
+use platform::redis::RedisConfig;
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -28,8 +29,19 @@ pub struct ApiConfig {
     /// database session for the whole payment, processor call included. It exists only so a
     /// benchmark can show why that is wrong. Never enable it in production.
     pub demo_hold_session_across_psp: bool,
+    /// `CACHE_ENABLED` (default true): read payments through Redis.
+    pub cache_enabled: bool,
+    /// `CACHE_TTL_SECONDS` (default 60): how long a cached payment lives.
+    pub cache_ttl: Duration,
+    /// `RATE_LIMIT_PLANS` (default `standard=100/1`): requests per API key per plan, as
+    /// `PLAN=REQUESTS/SECONDS,...`. Accounts whose plan is not listed get the first plan.
+    pub rate_limit_plans: String,
+    /// `RATE_LIMIT_FAIL_CLOSED` (default false): with Redis unavailable, refuse requests
+    /// (429) instead of limiting each process locally.
+    pub rate_limit_fail_closed: bool,
     pub psp: PspConfig,
     pub db: DbConfig,
+    pub redis: RedisConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +66,10 @@ impl ApiConfig {
             shutdown_drain: millis_or("API_SHUTDOWN_DRAIN_MS", 1000)?,
             shutdown_grace: millis_or("API_SHUTDOWN_GRACE_MS", 15_000)?,
             demo_hold_session_across_psp: flag_or("API_DEMO_HOLD_SESSION_ACROSS_PSP", false)?,
+            cache_enabled: flag_or("CACHE_ENABLED", true)?,
+            cache_ttl: Duration::from_secs(var_or("CACHE_TTL_SECONDS", 60)?),
+            rate_limit_plans: var_or("RATE_LIMIT_PLANS", "standard=100/1".to_owned())?,
+            rate_limit_fail_closed: flag_or("RATE_LIMIT_FAIL_CLOSED", false)?,
             psp: PspConfig {
                 url: required("PSP_URL")?,
                 timeout: millis_or("PSP_TIMEOUT_MS", 2000)?,
@@ -61,6 +77,7 @@ impl ApiConfig {
                 retry_backoff: millis_or("PSP_RETRY_BACKOFF_MS", 50)?,
             },
             db: DbConfig::from_env()?,
+            redis: RedisConfig::from_env()?,
         })
     }
 }

@@ -2,11 +2,13 @@
 
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod psp;
+pub mod ratelimit;
 pub mod routes;
 pub mod startup;
 pub mod store;

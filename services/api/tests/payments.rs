@@ -472,3 +472,139 @@ async fn openapi_document_describes_every_route() {
     let (status, body) = get_json(&client, &format!("{}/nope", Tier::haproxy_url()), "").await;
     assert_problem(status, &body, 404, "not-found");
 }
+
+#[tokio::test]
+async fn a_key_gets_its_plan_limit_across_both_instances_and_no_more() {
+    // The `tight` plan allows 20 requests per 10 s; 60 arrive at once, spread by HAProxy
+    // over both instances, which share the count through Redis.
+    let account = create_account_on_plan("rate-limited", "tight").await;
+    let base = Tier::haproxy_url();
+    let client = http();
+    let requests: Vec<_> = (0..60)
+        .map(|_| {
+            let (client, url, key) = (
+                client.clone(),
+                format!("{base}/v1/payments"),
+                account.api_key.clone(),
+            );
+            tokio::spawn(async move { client.get(url).bearer_auth(key).send().await.unwrap() })
+        })
+        .collect();
+
+    let mut allowed = 0;
+    for request in requests {
+        let response = request.await.unwrap();
+        let headers = response.headers().clone();
+        assert_eq!(headers["ratelimit-limit"], "20");
+        assert!(headers.contains_key("ratelimit-remaining"));
+        assert!(headers.contains_key("ratelimit-reset"));
+        match response.status().as_u16() {
+            200 => allowed += 1,
+            429 => {
+                assert!(headers.contains_key("retry-after"));
+                let problem: Value = response.json().await.unwrap();
+                assert_problem(429, &problem, 429, "rate-limited");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!((20..=21).contains(&allowed), "{allowed} requests allowed");
+}
+
+#[tokio::test]
+async fn no_reader_sees_the_old_status_after_a_payment_settles() {
+    // The processor fails at first, so the payment stays pending while readers fill the
+    // cache with it; then the payment is settled by a retry, and every read that starts
+    // after the retry answered must see `succeeded`.
+    let psp = psp_sim::spawn(Behaviour {
+        failure_rate: 1.0,
+        ..Behaviour::fixed(Duration::from_millis(5))
+    })
+    .await
+    .unwrap();
+    let api = spawn_api(api_config(&psp.url())).await;
+    let account = create_account("stale-status").await;
+    let client = http();
+
+    let (status, _, _) = post_payment(
+        &client,
+        &api.url,
+        &account.api_key,
+        "stale-1",
+        &payment_body(75),
+    )
+    .await;
+    assert_eq!(status, 502);
+    let mut primary = connect(&Tier::primary_url()).await;
+    let payment_id: Uuid = sqlx::query_scalar(
+        "SELECT payment_id FROM idempotency_keys WHERE account_id = $1 AND key = 'stale-1'",
+    )
+    .bind(account.id)
+    .fetch_one(&mut primary)
+    .await
+    .unwrap();
+    wait_on_replica("SELECT count(*) FROM payments WHERE id = $1", payment_id, 1).await;
+    let url = format!("{}/v1/payments/{payment_id}", api.url);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, key, stop) = (
+                client.clone(),
+                url.clone(),
+                account.api_key.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut reads = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let (status, body) = get_json(&client, &url, &key).await;
+                    assert_eq!(status, 200, "{body}");
+                    reads.push((started, body["status"].as_str().unwrap().to_owned()));
+                }
+                reads
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    psp.state
+        .set_behaviour(Behaviour::fixed(Duration::from_millis(5)));
+    let (status, _, settled) = post_payment(
+        &client,
+        &api.url,
+        &account.api_key,
+        "stale-1",
+        &payment_body(75),
+    )
+    .await;
+    let settled_at = Instant::now();
+    assert_eq!(status, 201);
+    assert_eq!(settled["status"], "succeeded");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut before = 0;
+    let mut after = 0;
+    for reader in readers {
+        for (started, status) in reader.await.unwrap() {
+            if started > settled_at {
+                assert_eq!(status, "succeeded", "a read after settlement saw {status}");
+                after += 1;
+            } else if status == "pending" {
+                before += 1;
+            }
+        }
+    }
+    assert!(before > 0, "the readers never saw the pending payment");
+    assert!(after > 0, "no read happened after settlement");
+    assert!(
+        api_cache_hits(&api.url).await > 0.0,
+        "the reads were not served by the cache"
+    );
+}
+
+async fn api_cache_hits(base: &str) -> f64 {
+    metric(base, "payment_cache_hits_total").await
+}

@@ -177,14 +177,14 @@ impl ReplayPaused {
     }
 }
 
-/// Creates a payment while the replica's replay is paused and reads it back at once.
-/// Returns the payment as created and the status of the read: 404 means the read was
-/// served by the replica (which cannot have the payment yet), 200 that it was not.
-async fn create_then_read_with_replay_paused(
+/// Creates a payment while the replica's replay is paused and lists the account's
+/// payments at once. Returns the payment as created and whether the list showed it: the
+/// list is read from a replica (and never cached), so a replica cannot show it yet.
+async fn create_then_list_with_replay_paused(
     base: &str,
     account: &TestAccount,
     amount: i64,
-) -> (serde_json::Value, u16) {
+) -> (serde_json::Value, bool) {
     let client = http();
     let paused = ReplayPaused::start().await;
     let (status, _, payment) = post_payment(
@@ -195,14 +195,17 @@ async fn create_then_read_with_replay_paused(
         &payment_body(amount),
     )
     .await;
-    let url = format!(
-        "{base}/v1/payments/{}",
-        payment["id"].as_str().unwrap_or("none")
-    );
-    let (read_status, _) = get_json(&client, &url, &account.api_key).await;
+    let (list_status, list) =
+        get_json(&client, &format!("{base}/v1/payments"), &account.api_key).await;
     paused.resume().await;
     assert_eq!(status, 201, "{payment}");
-    (payment, read_status)
+    assert_eq!(list_status, 200, "{list}");
+    let listed = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == payment["id"]);
+    (payment, listed)
 }
 
 #[tokio::test]
@@ -213,17 +216,21 @@ async fn reads_are_served_by_the_replica() {
     let client = http();
 
     // With replay paused, a new payment exists on the primary but not on the replica: if
-    // the API reads from the replica, it cannot see it yet.
-    let (payment, while_paused) = create_then_read_with_replay_paused(&base, &account, 300).await;
-    let url = format!("{base}/v1/payments/{}", payment["id"].as_str().unwrap());
-
-    assert_eq!(while_paused, 404, "the read did not come from the replica");
+    // the API reads from the replica, it cannot list it yet.
+    let (payment, listed_while_paused) =
+        create_then_list_with_replay_paused(&base, &account, 300).await;
+    assert!(
+        !listed_while_paused,
+        "the list did not come from the replica"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, body) = get_json(&client, &url, &account.api_key).await;
-        if status == 200 {
-            assert_eq!(body["status"], "succeeded");
+        let (status, list) =
+            get_json(&client, &format!("{base}/v1/payments"), &account.api_key).await;
+        assert_eq!(status, 200);
+        if list["data"][0]["id"] == payment["id"] {
+            assert_eq!(list["data"][0]["status"], "succeeded");
             break;
         }
         assert!(
@@ -320,8 +327,102 @@ async fn with_the_replica_stopped_reads_are_served_by_the_primary() {
     // Once the replica is back, reads return to it (replay-paused reads miss new rows).
     wait_ready(&base).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, while_paused) = create_then_read_with_replay_paused(&base, &account, 401).await;
-    assert_eq!(while_paused, 404, "reads did not return to the replica");
+    let (_, listed_while_paused) = create_then_list_with_replay_paused(&base, &account, 401).await;
+    assert!(!listed_while_paused, "reads did not return to the replica");
+}
+
+#[tokio::test]
+async fn with_redis_down_the_api_keeps_answering_and_returns_to_redis_when_it_is_back() {
+    let _serial = SERIAL.lock().await;
+    let account = create_account("redis-down").await;
+    let base = Tier::haproxy_url();
+    let client = http();
+    let (status, _, payment) = post_payment(
+        &client,
+        &base,
+        &account.api_key,
+        &Uuid::new_v4().to_string(),
+        &payment_body(500),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let url = format!("{base}/v1/payments/{}", payment["id"].as_str().unwrap());
+    wait_on_replica(
+        "SELECT count(*) FROM payments WHERE id = $1",
+        payment["id"].as_str().unwrap().parse().unwrap(),
+        1,
+    )
+    .await;
+    let local_before = tier_metric("rate_limit_local_decisions_total").await;
+
+    tierctl(&["stop-component", "redis"]);
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        let response = client
+            .get(&url)
+            .bearer_auth(&account.api_key)
+            .send()
+            .await
+            .unwrap();
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(response.status(), 200, "read {i} failed with Redis down");
+        assert!(response.headers().contains_key("ratelimit-remaining"));
+    }
+    let (status, _, _) = post_payment(
+        &client,
+        &base,
+        &account.api_key,
+        &Uuid::new_v4().to_string(),
+        &payment_body(501),
+    )
+    .await;
+    let redis_available = tier_metric("redis_available").await;
+    let local_after = tier_metric("rate_limit_local_decisions_total").await;
+    tierctl(&["start-component", "redis"]);
+
+    assert_eq!(status, 201, "a payment failed with Redis down");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest read {slowest:?}"
+    );
+    assert_eq!(redis_available, 0.0, "the breaker did not open");
+    assert!(
+        local_after > local_before,
+        "limits did not fall back to local"
+    );
+
+    // Back: within a few breaker cool-downs both instances use Redis again, and repeated
+    // reads of the same payment become cache hits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for _ in 0..4 {
+            let _ = client.get(&url).bearer_auth(&account.api_key).send().await;
+        }
+        if tier_metric("redis_available").await == 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the instances did not return to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let hits_before = tier_metric("payment_cache_hits_total").await;
+    for _ in 0..6 {
+        let response = client
+            .get(&url)
+            .bearer_auth(&account.api_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let hits_after = tier_metric("payment_cache_hits_total").await;
+    assert!(
+        hits_after >= hits_before + 4.0,
+        "{hits_before} -> {hits_after}"
+    );
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //!   only way service code touches PostgreSQL.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors with stable types.
 //! - [`admission`]: the in-flight limit and request deadline that make overload fail fast.
+//! - [`redis`]: Redis behind a timeout and a circuit breaker.
 //! - [`shutdown`]: SIGTERM handling, readiness, and draining.
 //! - [`telemetry`]: structured logging.
 
@@ -12,5 +13,6 @@ pub mod admission;
 pub mod config;
 pub mod db;
 pub mod problem;
+pub mod redis;
 pub mod shutdown;
 pub mod telemetry;

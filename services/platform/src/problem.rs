@@ -34,6 +34,8 @@ pub enum ProblemType {
     MethodNotAllowed,
     /// An idempotency key was reused with a different request (422).
     IdempotencyConflict,
+    /// The API key is over its plan's request rate; retry after `Retry-After` (429).
+    RateLimited,
     /// The process is at its in-flight limit; retry shortly (503).
     Overloaded,
     /// No database session could be had in time; retry shortly (503).
@@ -62,6 +64,7 @@ impl ProblemType {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::IdempotencyConflict => "idempotency-conflict",
+            Self::RateLimited => "rate-limited",
             Self::Overloaded => "overloaded",
             Self::PoolTimeout => "pool-timeout",
             Self::DatabaseUnavailable => "database-unavailable",
@@ -82,6 +85,7 @@ impl ProblemType {
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::IdempotencyConflict => "Idempotency key reused with a different request",
+            Self::RateLimited => "Too many requests for this API key",
             Self::Overloaded => "The service is at capacity",
             Self::PoolTimeout => "No database session available in time",
             Self::DatabaseUnavailable => "The database is unavailable",
@@ -102,6 +106,7 @@ impl ProblemType {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded
             | Self::PoolTimeout
             | Self::DatabaseUnavailable

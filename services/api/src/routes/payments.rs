@@ -137,6 +137,9 @@ async fn create(
             Box::pin(async move { store::settle(c, account_id, payment_id, &settlement).await })
         })
         .await?;
+
+    // After the commit, never before: the cache must not run ahead of the database.
+    app.cache.store(account_id, &settled).await;
     Ok((settled, replayed))
 }
 
@@ -155,7 +158,8 @@ async fn create_holding_session_across_psp(
     let fingerprint = new_payment.fingerprint();
     let psp: Arc<PspClient> = app.psp.clone();
 
-    app.db
+    let outcome = app
+        .db
         .write_holding_session_across_network("demo_payment_holding_session", move |c| {
             Box::pin(async move {
                 let claim =
@@ -186,7 +190,9 @@ async fn create_holding_session_across_psp(
                 Ok(Ok((settled, replayed)))
             })
         })
-        .await?
+        .await??;
+    app.cache.store(account_id, &outcome.0).await;
+    Ok(outcome)
 }
 
 fn idempotency_conflict() -> ApiError {
@@ -224,9 +230,14 @@ pub async fn get_payment(
     let account_id = account.id;
 
     let payment = app
-        .db
-        .read("get_payment", move |c| {
-            Box::pin(async move { store::get(c, account_id, payment_id).await })
+        .cache
+        .get_or_load(account_id, payment_id, || async {
+            Ok(app
+                .db
+                .read("get_payment", move |c| {
+                    Box::pin(async move { store::get(c, account_id, payment_id).await })
+                })
+                .await?)
         })
         .await?;
     payment

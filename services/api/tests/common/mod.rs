@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use api::config::{ApiConfig, PspConfig};
 use api::startup::Application;
 use platform::db::DbConfig;
+use platform::redis::RedisConfig;
 use platform::shutdown::Shutdown;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
@@ -58,6 +59,9 @@ impl Tier {
     pub fn pgbouncer_admin_url() -> String {
         env("PGBOUNCER_ADMIN_URL")
     }
+    pub fn redis_url() -> String {
+        env("REDIS_URL")
+    }
     pub fn tierctl() -> String {
         env("TIERSTACK_TIERCTL")
     }
@@ -77,8 +81,12 @@ pub struct TestAccount {
 }
 
 pub async fn create_account(name: &str) -> TestAccount {
+    create_account_on_plan(name, "standard").await
+}
+
+pub async fn create_account_on_plan(name: &str, plan: &str) -> TestAccount {
     let mut primary = connect(&Tier::primary_url()).await;
-    let (id, api_key) = api::auth::create_account(&mut primary, name, "standard")
+    let (id, api_key) = api::auth::create_account(&mut primary, name, plan)
         .await
         .expect("account created");
     wait_on_replica("SELECT count(*) FROM accounts WHERE id = $1", id, 1).await;
@@ -160,6 +168,10 @@ pub fn api_config(psp_url: &str) -> ApiConfig {
         shutdown_drain: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(10),
         demo_hold_session_across_psp: false,
+        cache_enabled: true,
+        cache_ttl: Duration::from_secs(60),
+        rate_limit_plans: "standard=1000/1,tight=20/10".to_owned(),
+        rate_limit_fail_closed: false,
         psp: PspConfig {
             url: psp_url.to_owned(),
             timeout: Duration::from_secs(5),
@@ -176,6 +188,13 @@ pub fn api_config(psp_url: &str) -> ApiConfig {
             idle_in_transaction_timeout: Duration::from_secs(10),
             session_hold_warn: Duration::from_millis(250),
             writer_transaction_pooling: true,
+        },
+        redis: RedisConfig {
+            url: Some(Tier::redis_url()),
+            pool_size: 16,
+            timeout: Duration::from_millis(100),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_millis(500),
         },
     }
 }
@@ -241,4 +260,31 @@ pub fn assert_problem(status: u16, body: &Value, expected_status: u16, slug: &st
     );
     assert_eq!(body["status"], expected_status);
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+/// The value of one counter in an instance's `/metrics`.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The same counter summed over the tier's `api` instances.
+pub async fn tier_metric(name: &str) -> f64 {
+    let mut sum = 0.0;
+    for base in env("TIERSTACK_API_URLS").split(',') {
+        sum += metric(base, name).await;
+    }
+    sum
 }
