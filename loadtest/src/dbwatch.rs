@@ -15,6 +15,10 @@ pub struct DbPeak {
     pub primary_connections_max: i64,
     /// Of those, the ones not idle (running a statement or inside a transaction).
     pub primary_busy_max: i64,
+    /// Client backends connected to the application database on the replica.
+    pub replica_connections_max: i64,
+    /// Of those, the ones not idle.
+    pub replica_busy_max: i64,
     /// PgBouncer server connections assigned to clients (`sv_active`).
     pub pgbouncer_server_active_max: i64,
     /// PgBouncer clients waiting for a server connection (`cl_waiting`).
@@ -23,6 +27,7 @@ pub struct DbPeak {
 
 pub struct DbWatch {
     pub primary_url: Option<String>,
+    pub replica_url: Option<String>,
     pub pgbouncer_admin_url: Option<String>,
     pub database: String,
     pub interval: Duration,
@@ -33,6 +38,10 @@ impl DbWatch {
     pub async fn run(&self, mut stop: watch::Receiver<bool>) -> DbPeak {
         let mut peak = DbPeak::default();
         let mut primary = match &self.primary_url {
+            Some(url) => PgConnection::connect(url).await.ok(),
+            None => None,
+        };
+        let mut replica = match &self.replica_url {
             Some(url) => PgConnection::connect(url).await.ok(),
             None => None,
         };
@@ -54,10 +63,16 @@ impl DbWatch {
                 break;
             }
             if let Some(connection) = primary.as_mut()
-                && let Ok((connections, busy)) = self.sample_primary(connection).await
+                && let Ok((connections, busy)) = self.sample_backends(connection).await
             {
                 peak.primary_connections_max = peak.primary_connections_max.max(connections);
                 peak.primary_busy_max = peak.primary_busy_max.max(busy);
+            }
+            if let Some(connection) = replica.as_mut()
+                && let Ok((connections, busy)) = self.sample_backends(connection).await
+            {
+                peak.replica_connections_max = peak.replica_connections_max.max(connections);
+                peak.replica_busy_max = peak.replica_busy_max.max(busy);
             }
             if let Some(connection) = pgbouncer.as_mut()
                 && let Ok((active, waiting)) = sample_pgbouncer(connection).await
@@ -71,7 +86,8 @@ impl DbWatch {
         peak
     }
 
-    async fn sample_primary(&self, connection: &mut PgConnection) -> sqlx::Result<(i64, i64)> {
+    /// Client backends of the application database on one server, and how many are busy.
+    async fn sample_backends(&self, connection: &mut PgConnection) -> sqlx::Result<(i64, i64)> {
         sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE state <> 'idle') FROM pg_stat_activity \
              WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",

@@ -127,6 +127,9 @@ struct Common {
     /// The primary, to seed accounts and watch its connections.
     #[arg(long, env = "DB_PRIMARY_URL")]
     primary_url: String,
+    /// A replica, to watch the connections reads use.
+    #[arg(long, env = "DB_REPLICA_URL")]
+    replica_url: Option<String>,
     /// PgBouncer's admin console, to watch its pools.
     #[arg(long, env = "PGBOUNCER_ADMIN_URL")]
     pgbouncer_admin_url: Option<String>,
@@ -364,6 +367,7 @@ fn progress_bar(common: &Common, prefix: String, total: Duration) -> ProgressBar
 fn db_watch(common: &Common) -> DbWatch {
     DbWatch {
         primary_url: Some(common.primary_url.clone()),
+        replica_url: common.replica_url.clone(),
         pgbouncer_admin_url: common.pgbouncer_admin_url.clone(),
         database: common.database.clone(),
         interval: Duration::from_millis(200),

@@ -143,17 +143,17 @@ pub fn step_table(model: &str, steps: &[StepResult]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| {} | goodput req/s | p50 ms | p95 ms | p99 ms | max ms | failures | fail p99 ms | pool timeouts | overloaded | 429 | 5xx | client timeouts/resets | primary conns max | primary busy max | pgbouncer sv_active max |",
+        "| {} | goodput req/s | p50 ms | p95 ms | p99 ms | max ms | failures | fail p99 ms | pool timeouts | overloaded | 429 | 5xx | client timeouts/resets | primary conns max | primary busy max | replica busy max | pgbouncer sv_active max |",
         step_label(model)
     );
     let _ = writeln!(
         t,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for s in steps {
         let _ = writeln!(
             t,
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.concurrency,
             s.goodput_rps,
             s.success.p50_ms,
@@ -169,6 +169,7 @@ pub fn step_table(model: &str, steps: &[StepResult]) -> String {
             s.count(Outcome::ClientTimeout) + s.count(Outcome::ConnectionError),
             s.db.primary_connections_max,
             s.db.primary_busy_max,
+            s.db.replica_busy_max,
             s.db.pgbouncer_server_active_max,
         );
     }
