@@ -40,6 +40,7 @@ pub struct AppState {
     pub redis: Option<Redis>,
     pub cache: Arc<PaymentCache>,
     pub limiter: Arc<RateLimiter>,
+    pub keys: Arc<auth::KeyCache>,
     database_ready: Arc<AtomicBool>,
 }
 
@@ -58,6 +59,7 @@ impl AppState {
             )),
             redis,
             db,
+            keys: Arc::new(auth::KeyCache::new(config.auth_cache_ttl)),
             config: Arc::new(config),
             shutdown,
             database_ready: Arc::new(AtomicBool::new(false)),

@@ -5,6 +5,10 @@
 //! nor the comparison tells an attacker how much of a guess was right. A fast hash is
 //! enough here: the secret is 256 random bits, not a password that could be brute-forced.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -90,7 +94,7 @@ pub async fn create_account(
 async fn find_key(
     connection: &mut PgConnection,
     key_id: String,
-) -> Result<Option<(Uuid, String, Vec<u8>)>, sqlx::Error> {
+) -> Result<Option<KeyRecord>, sqlx::Error> {
     sqlx::query_as("SELECT id, plan, api_key_hash FROM accounts WHERE api_key_id = $1")
         .bind(key_id)
         .fetch_optional(connection)
@@ -125,10 +129,13 @@ pub async fn authenticate(headers: &HeaderMap, app: &AppState) -> Result<Account
     let (key_id, secret) =
         split_key(key).ok_or_else(|| unauthorized("the API key is malformed"))?;
 
-    let mut found = app
-        .db
-        .read("authenticate", |c| Box::pin(find_key(c, key_id.to_owned())))
-        .await?;
+    let mut found = app.keys.get(key_id);
+    if found.is_none() {
+        found = app
+            .db
+            .read("authenticate", |c| Box::pin(find_key(c, key_id.to_owned())))
+            .await?;
+    }
     if found.is_none() {
         // A key created a moment ago may not have reached the replica yet; a valid key
         // must never be refused for that. Only well-formed keys get this far, and a miss
@@ -143,12 +150,65 @@ pub async fn authenticate(headers: &HeaderMap, app: &AppState) -> Result<Account
 
     let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
     match found {
-        Some((id, plan, stored)) if bool::from(presented[..].ct_eq(&stored[..])) => Ok(Account {
-            id,
-            plan,
-            key_id: key_id.to_owned(),
-        }),
+        Some((id, plan, stored)) if bool::from(presented[..].ct_eq(&stored[..])) => {
+            app.keys.put(key_id, (id, plan.clone(), stored));
+            Ok(Account {
+                id,
+                plan,
+                key_id: key_id.to_owned(),
+            })
+        }
         _ => Err(unauthorized("the API key is not valid")),
+    }
+}
+
+/// What the database holds for a key id: account, plan, secret hash.
+pub type KeyRecord = (Uuid, String, Vec<u8>);
+
+/// Keys recently found valid, per process, so that authenticating a request does not cost
+/// a database read: with it, a cached payment read touches no PostgreSQL at all. Only the
+/// stored hash is kept, and every request's secret is still compared against it.
+///
+/// Limitation: a revoked key or a changed plan takes effect after at most the TTL
+/// (`AUTH_CACHE_TTL_SECONDS`); revocation does not exist in the API yet.
+pub struct KeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, KeyRecord)>>,
+}
+
+/// Beyond this many keys the cache drops its expired entries, and if that is not enough,
+/// starts afresh: a bound, not an eviction policy worth more code.
+const KEY_CACHE_MAX: usize = 100_000;
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Default::default(),
+        }
+    }
+
+    fn get(&self, key_id: &str) -> Option<KeyRecord> {
+        let entries = self.entries.lock().expect("key cache lock");
+        entries
+            .get(key_id)
+            .filter(|(stored_at, _)| stored_at.elapsed() < self.ttl)
+            .map(|(_, record)| record.clone())
+    }
+
+    fn put(&self, key_id: &str, record: KeyRecord) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("key cache lock");
+        if entries.len() >= KEY_CACHE_MAX {
+            let ttl = self.ttl;
+            entries.retain(|_, (stored_at, _)| stored_at.elapsed() < ttl);
+            if entries.len() >= KEY_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(key_id.to_owned(), (Instant::now(), record));
     }
 }
 

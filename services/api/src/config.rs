@@ -33,6 +33,9 @@ pub struct ApiConfig {
     pub cache_enabled: bool,
     /// `CACHE_TTL_SECONDS` (default 60): how long a cached payment lives.
     pub cache_ttl: Duration,
+    /// `AUTH_CACHE_TTL_SECONDS` (default 30): how long a valid API key is remembered per
+    /// process; 0 looks every request up.
+    pub auth_cache_ttl: Duration,
     /// `RATE_LIMIT_PLANS` (default `standard=100/1`): requests per API key per plan, as
     /// `PLAN=REQUESTS/SECONDS,...`. Accounts whose plan is not listed get the first plan.
     pub rate_limit_plans: String,
@@ -68,6 +71,7 @@ impl ApiConfig {
             demo_hold_session_across_psp: flag_or("API_DEMO_HOLD_SESSION_ACROSS_PSP", false)?,
             cache_enabled: flag_or("CACHE_ENABLED", true)?,
             cache_ttl: Duration::from_secs(var_or("CACHE_TTL_SECONDS", 60)?),
+            auth_cache_ttl: Duration::from_secs(var_or("AUTH_CACHE_TTL_SECONDS", 30)?),
             rate_limit_plans: var_or("RATE_LIMIT_PLANS", "standard=100/1".to_owned())?,
             rate_limit_fail_closed: flag_or("RATE_LIMIT_FAIL_CLOSED", false)?,
             psp: PspConfig {

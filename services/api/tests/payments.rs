@@ -608,3 +608,46 @@ async fn no_reader_sees_the_old_status_after_a_payment_settles() {
 async fn api_cache_hits(base: &str) -> f64 {
     metric(base, "payment_cache_hits_total").await
 }
+
+#[tokio::test]
+async fn a_cached_read_never_touches_postgresql() {
+    let psp = psp_sim::spawn(Behaviour::fixed(Duration::from_millis(5)))
+        .await
+        .unwrap();
+    let api = spawn_api(api_config(&psp.url())).await;
+    let account = create_account("cached-read").await;
+    let client = http();
+    let (status, _, payment) = post_payment(
+        &client,
+        &api.url,
+        &account.api_key,
+        "cached-1",
+        &payment_body(9),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let url = format!(
+        "{}/v1/payments/{}",
+        api.url,
+        payment["id"].as_str().unwrap()
+    );
+    let (status, _) = get_json(&client, &url, &account.api_key).await;
+    assert_eq!(status, 200);
+
+    let sessions_before = api.db.stats().sessions;
+    let hits_before = metric(&api.url, "payment_cache_hits_total").await;
+    for _ in 0..5 {
+        let (status, body) = get_json(&client, &url, &account.api_key).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "succeeded");
+    }
+    assert_eq!(
+        api.db.stats().sessions,
+        sessions_before,
+        "a cached read opened a session"
+    );
+    assert_eq!(
+        metric(&api.url, "payment_cache_hits_total").await,
+        hits_before + 5.0
+    );
+}

@@ -170,6 +170,7 @@ pub fn api_config(psp_url: &str) -> ApiConfig {
         demo_hold_session_across_psp: false,
         cache_enabled: true,
         cache_ttl: Duration::from_secs(60),
+        auth_cache_ttl: Duration::from_secs(30),
         rate_limit_plans: "standard=1000/1,tight=20/10".to_owned(),
         rate_limit_fail_closed: false,
         psp: PspConfig {
