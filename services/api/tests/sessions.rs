@@ -425,6 +425,112 @@ async fn with_redis_down_the_api_keeps_answering_and_returns_to_redis_when_it_is
     );
 }
 
+/// The tier's processor simulator's behaviour.
+async fn tier_psp() -> serde_json::Value {
+    let url = format!("{}/admin/behaviour", Tier::psp_url());
+    http().get(&url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn set_tier_psp(behaviour: serde_json::Value) {
+    let url = format!("{}/admin/behaviour", Tier::psp_url());
+    let response = http().put(&url).json(&behaviour).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn no_reader_sees_the_old_status_after_a_payment_settles() {
+    // Through HAProxy and both instances, which share the Redis cache. The processor fails
+    // at first, so the payment stays pending while readers fill the cache with it; then a
+    // retry settles it, and every read that starts after the retry answered must see
+    // `succeeded`.
+    let _serial = SERIAL.lock().await;
+    // Readers hammering one payment would exceed the standard plan's rate.
+    let account = create_account_on_plan("stale-status", "loadtest").await;
+    let base = Tier::haproxy_url();
+    let client = http();
+
+    let original = tier_psp().await;
+    let mut failing = original.clone();
+    failing["failure_rate"] = 1.0.into();
+    set_tier_psp(failing).await;
+    let (status, _, _) = post_payment(
+        &client,
+        &base,
+        &account.api_key,
+        "stale-1",
+        &payment_body(75),
+    )
+    .await;
+    assert_eq!(status, 502);
+    let mut primary = connect(&Tier::primary_url()).await;
+    let payment_id: Uuid = sqlx::query_scalar(
+        "SELECT payment_id FROM idempotency_keys WHERE account_id = $1 AND key = 'stale-1'",
+    )
+    .bind(account.id)
+    .fetch_one(&mut primary)
+    .await
+    .unwrap();
+    wait_on_replica("SELECT count(*) FROM payments WHERE id = $1", payment_id, 1).await;
+    let url = format!("{base}/v1/payments/{payment_id}");
+    let hits_before = tier_metric("payment_cache_hits_total").await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, key, stop) = (
+                client.clone(),
+                url.clone(),
+                account.api_key.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut reads = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let (status, body) = get_json(&client, &url, &key).await;
+                    assert_eq!(status, 200, "{body}");
+                    reads.push((started, body["status"].as_str().unwrap().to_owned()));
+                }
+                reads
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    set_tier_psp(original).await;
+    let (status, _, settled) = post_payment(
+        &client,
+        &base,
+        &account.api_key,
+        "stale-1",
+        &payment_body(75),
+    )
+    .await;
+    let settled_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(status, 201, "{settled}");
+    assert_eq!(settled["status"], "succeeded");
+
+    let (mut before, mut after) = (0, 0);
+    for reader in readers {
+        for (started, status) in reader.await.unwrap() {
+            if started > settled_at {
+                assert_eq!(status, "succeeded", "a read after settlement saw {status}");
+                after += 1;
+            } else if status == "pending" {
+                before += 1;
+            }
+        }
+    }
+    assert!(before > 0, "the readers never saw the pending payment");
+    assert!(after > 0, "no read happened after settlement");
+    assert!(
+        tier_metric("payment_cache_hits_total").await > hits_before,
+        "the reads were not served by the cache"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_during_traffic_fails_no_in_flight_request() {
     let _serial = SERIAL.lock().await;

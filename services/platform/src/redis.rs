@@ -24,9 +24,11 @@ pub struct RedisConfig {
     pub url: Option<String>,
     /// `REDIS_POOL_SIZE` (default 32).
     pub pool_size: usize,
-    /// `REDIS_TIMEOUT_MS` (default 50): the most any Redis call may take, connection
-    /// included.
+    /// `REDIS_TIMEOUT_MS` (default 50): the most any Redis command may take.
     pub timeout: Duration,
+    /// `REDIS_CONNECT_TIMEOUT_MS` (default 250): the most getting a pooled connection may
+    /// take, opening a new one included.
+    pub connect_timeout: Duration,
     /// `REDIS_BREAKER_FAILURES` (default 3): consecutive failures that open the breaker.
     pub breaker_failures: u32,
     /// `REDIS_BREAKER_COOLDOWN_MS` (default 1000): how long the breaker stays open before
@@ -42,6 +44,7 @@ impl RedisConfig {
                 .filter(|u| !u.trim().is_empty()),
             pool_size: config::var_or("REDIS_POOL_SIZE", 32)?,
             timeout: config::millis_or("REDIS_TIMEOUT_MS", 50)?,
+            connect_timeout: config::millis_or("REDIS_CONNECT_TIMEOUT_MS", 250)?,
             breaker_failures: config::var_or("REDIS_BREAKER_FAILURES", 3)?,
             breaker_cooldown: config::millis_or("REDIS_BREAKER_COOLDOWN_MS", 1000)?,
         })
@@ -74,6 +77,10 @@ struct Breaker {
     born: Instant,
     consecutive_failures: AtomicU32,
     open: AtomicBool,
+    /// Counts openings. A call remembers the epoch it was admitted in, so that a slow call
+    /// admitted before the breaker opened cannot close it by succeeding late: only a call
+    /// admitted while open (the probe) can.
+    epoch: AtomicU64,
     /// Milliseconds since `born` when the next probe may go through.
     probe_after_ms: AtomicU64,
     stats: BreakerStats,
@@ -84,15 +91,19 @@ impl Breaker {
         self.born.elapsed().as_millis() as u64
     }
 
-    /// Whether a call may go through now. While open, exactly one caller per cool-down
-    /// wins the probe slot.
-    fn allow(&self) -> bool {
+    /// Whether a call may go through now, and if so the epoch it is admitted in. While
+    /// open, exactly one caller per cool-down wins the probe slot.
+    fn allow(&self) -> Option<Admission> {
+        let epoch = self.epoch.load(Ordering::Acquire);
         if !self.open.load(Ordering::Acquire) {
-            return true;
+            return Some(Admission {
+                epoch,
+                probe: false,
+            });
         }
         let now = self.now_ms();
         let probe_after = self.probe_after_ms.load(Ordering::Acquire);
-        now >= probe_after
+        let won = now >= probe_after
             && self
                 .probe_after_ms
                 .compare_exchange(
@@ -101,12 +112,14 @@ impl Breaker {
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 )
-                .is_ok()
+                .is_ok();
+        won.then_some(Admission { epoch, probe: true })
     }
 
-    fn on_success(&self) {
+    fn on_success(&self, admission: Admission) {
         self.consecutive_failures.store(0, Ordering::Release);
-        if self.open.swap(false, Ordering::AcqRel) {
+        let current = admission.epoch == self.epoch.load(Ordering::Acquire);
+        if admission.probe && current && self.open.swap(false, Ordering::AcqRel) {
             tracing::info!("redis reachable again; cache and shared rate limits resumed");
         }
     }
@@ -122,6 +135,7 @@ impl Breaker {
                 Ordering::Release,
             );
             if !self.open.swap(true, Ordering::AcqRel) {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
                 self.stats.opened_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     %error,
@@ -131,6 +145,12 @@ impl Breaker {
             }
         }
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Admission {
+    epoch: u64,
+    probe: bool,
 }
 
 /// A guarded Redis pool. Cheap to clone.
@@ -151,9 +171,9 @@ impl Redis {
             .builder()
             .context("REDIS_URL is not a valid Redis URL")?
             .max_size(config.pool_size)
-            .wait_timeout(Some(config.timeout))
-            .create_timeout(Some(config.timeout))
-            .recycle_timeout(Some(config.timeout))
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
             .runtime(Runtime::Tokio1)
             .build()
             .context("cannot build the Redis pool")?;
@@ -166,6 +186,7 @@ impl Redis {
                 born: Instant::now(),
                 consecutive_failures: AtomicU32::new(0),
                 open: AtomicBool::new(false),
+                epoch: AtomicU64::new(0),
                 probe_after_ms: AtomicU64::new(0),
                 stats: BreakerStats::default(),
             }),
@@ -188,29 +209,26 @@ impl Redis {
         F: FnOnce(deadpool_redis::Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        if !self.breaker.allow() {
+        let Some(admission) = self.breaker.allow() else {
             self.breaker
                 .stats
                 .calls_bypassed_total
                 .fetch_add(1, Ordering::Relaxed);
             return Err(RedisError::Bypassed);
-        }
-        let attempt = async {
-            let connection = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| RedisError::Failed(e.to_string()))?;
-            operation(connection)
-                .await
-                .map_err(|e| RedisError::Failed(e.to_string()))
         };
-        let result = match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::Timeout),
+        // Getting a connection has its own, longer bound (`connect_timeout`): opening a new
+        // one under a burst can take longer than a command, and that is not an outage. A
+        // refused connection still fails at once.
+        let result = match self.pool.get().await {
+            Err(error) => Err(RedisError::Failed(error.to_string())),
+            Ok(connection) => match tokio::time::timeout(self.timeout, operation(connection)).await
+            {
+                Ok(result) => result.map_err(|e| RedisError::Failed(e.to_string())),
+                Err(_) => Err(RedisError::Timeout),
+            },
         };
         match &result {
-            Ok(_) => self.breaker.on_success(),
+            Ok(_) => self.breaker.on_success(admission),
             Err(error) => self.breaker.on_failure(error),
         }
         result
@@ -228,30 +246,38 @@ mod tests {
             born: Instant::now(),
             consecutive_failures: AtomicU32::new(0),
             open: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
             probe_after_ms: AtomicU64::new(0),
             stats: BreakerStats::default(),
         }
     }
 
     #[test]
-    fn breaker_opens_after_the_threshold_and_lets_one_probe_through_after_cooldown() {
+    fn breaker_opens_after_the_threshold_and_only_a_probe_closes_it() {
         let b = breaker(3, 30);
+        let admitted_before_opening = b.allow().unwrap();
         for _ in 0..2 {
             b.on_failure(&RedisError::Timeout);
-            assert!(b.allow(), "still closed below the threshold");
+            assert!(b.allow().is_some(), "still closed below the threshold");
         }
         b.on_failure(&RedisError::Timeout);
-        assert!(!b.allow(), "open after three failures");
+        assert!(b.allow().is_none(), "open after three failures");
         assert_eq!(b.stats.opened_total.load(Ordering::Relaxed), 1);
 
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(b.allow(), "one probe after the cool-down");
-        assert!(!b.allow(), "and only one");
-
-        b.on_success();
+        b.on_success(admitted_before_opening);
         assert!(
-            b.allow() && b.allow(),
-            "closed again after a successful probe"
+            b.allow().is_none(),
+            "a late success from before the opening keeps it open"
+        );
+
+        std::thread::sleep(Duration::from_millis(40));
+        let probe = b.allow().expect("one probe after the cool-down");
+        assert!(b.allow().is_none(), "and only one");
+
+        b.on_success(probe);
+        assert!(
+            b.allow().is_some() && b.allow().is_some(),
+            "closed after a successful probe"
         );
     }
 }

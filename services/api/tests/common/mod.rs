@@ -194,6 +194,7 @@ pub fn api_config(psp_url: &str) -> ApiConfig {
             url: Some(Tier::redis_url()),
             pool_size: 16,
             timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(250),
             breaker_failures: 3,
             breaker_cooldown: Duration::from_millis(500),
         },
