@@ -55,6 +55,12 @@ pub struct CacheStats {
 
 type Flight = Arc<OnceCell<Option<Payment>>>;
 
+enum Lookup {
+    Hit(Payment),
+    Miss,
+    Unavailable,
+}
+
 pub struct PaymentCache {
     redis: Option<Redis>,
     ttl: Duration,
@@ -103,33 +109,15 @@ impl PaymentCache {
             return load().await;
         };
 
-        let cache_key = key(account_id, payment_id);
-        let cached = redis
-            .call(|mut c| {
-                let cache_key = cache_key.clone();
-                async move {
-                    redis::cmd("HGET")
-                        .arg(cache_key)
-                        .arg("d")
-                        .query_async::<Option<String>>(&mut c)
-                        .await
-                }
-            })
-            .await;
-        match cached {
-            Ok(Some(json)) => match serde_json::from_str::<Payment>(&json) {
-                Ok(payment) => {
-                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Some(payment));
-                }
-                Err(_) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            Ok(None) => {
+        match self.lookup(redis, account_id, payment_id).await {
+            Lookup::Hit(payment) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(payment));
+            }
+            Lookup::Miss => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
+            Lookup::Unavailable => {
                 // Redis is down or slow: read from the database, as if there were no cache.
                 self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
                 return load().await;
@@ -146,6 +134,12 @@ impl PaymentCache {
         };
         let result = flight
             .get_or_try_init(|| async {
+                // A reader that missed just before the previous loader filled the cache
+                // can arrive after that loader's flight has ended and start a new one.
+                // Looking again costs one round trip per load and spares the database.
+                if let Lookup::Hit(payment) = self.lookup(redis, account_id, payment_id).await {
+                    return Ok(Some(payment));
+                }
                 let loaded = load().await?;
                 if let Some(payment) = &loaded {
                     self.store(account_id, payment).await;
@@ -159,6 +153,34 @@ impl PaymentCache {
             .expect("in-flight lock")
             .retain(|_, f| !Arc::ptr_eq(f, &flight) || Arc::strong_count(f) > 2);
         result
+    }
+
+    async fn lookup(&self, redis: &Redis, account_id: Uuid, payment_id: Uuid) -> Lookup {
+        let cache_key = key(account_id, payment_id);
+        let cached = redis
+            .call(|mut c| {
+                let cache_key = cache_key.clone();
+                async move {
+                    redis::cmd("HGET")
+                        .arg(cache_key)
+                        .arg("d")
+                        .query_async::<Option<String>>(&mut c)
+                        .await
+                }
+            })
+            .await;
+        match cached {
+            Ok(Some(json)) => match serde_json::from_str::<Payment>(&json) {
+                Ok(payment) => Lookup::Hit(payment),
+                Err(_) => {
+                    // An entry this version cannot read: treat it as absent and refill it.
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    Lookup::Miss
+                }
+            },
+            Ok(None) => Lookup::Miss,
+            Err(_) => Lookup::Unavailable,
+        }
     }
 
     /// Puts `payment` in the cache unless a newer version is there. Best effort: a failure

@@ -511,30 +511,50 @@ async fn a_key_gets_its_plan_limit_across_both_instances_and_no_more() {
     assert!((20..=21).contains(&allowed), "{allowed} requests allowed");
 }
 
-#[tokio::test]
-async fn a_cached_read_never_touches_postgresql() {
+/// An API instance of its own (with a fast processor) and one settled payment, read once
+/// so that its key is authenticated and the payment is in the cache.
+struct CachedPayment {
+    api: TestApi,
+    _psp: psp_sim::RunningSim,
+    account: TestAccount,
+    id: String,
+    url: String,
+}
+
+async fn cached_payment(name: &str) -> CachedPayment {
     let psp = psp_sim::spawn(Behaviour::fixed(Duration::from_millis(5)))
         .await
         .unwrap();
     let api = spawn_api(api_config(&psp.url())).await;
-    let account = create_account("cached-read").await;
+    let account = create_account(name).await;
     let client = http();
-    let (status, _, payment) = post_payment(
-        &client,
-        &api.url,
-        &account.api_key,
-        "cached-1",
-        &payment_body(9),
-    )
-    .await;
+    let (status, _, payment) =
+        post_payment(&client, &api.url, &account.api_key, name, &payment_body(9)).await;
     assert_eq!(status, 201);
-    let url = format!(
-        "{}/v1/payments/{}",
-        api.url,
-        payment["id"].as_str().unwrap()
-    );
+    let id = payment["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/v1/payments/{id}", api.url);
     let (status, _) = get_json(&client, &url, &account.api_key).await;
     assert_eq!(status, 200);
+    CachedPayment {
+        api,
+        _psp: psp,
+        account,
+        id,
+        url,
+    }
+}
+
+#[tokio::test]
+async fn a_cached_read_never_touches_postgresql() {
+    // `_psp` is bound so that the processor lives as long as the test.
+    let CachedPayment {
+        api,
+        _psp,
+        account,
+        url,
+        ..
+    } = cached_payment("cached-read").await;
+    let client = http();
 
     let sessions_before = api.db.stats().sessions;
     let hits_before = metric(&api.url, "payment_cache_hits_total").await;
@@ -556,25 +576,14 @@ async fn a_cached_read_never_touches_postgresql() {
 
 #[tokio::test]
 async fn when_a_hot_key_expires_one_request_per_process_loads_it() {
-    let psp = psp_sim::spawn(Behaviour::fixed(Duration::from_millis(5)))
-        .await
-        .unwrap();
-    let api = spawn_api(api_config(&psp.url())).await;
-    let account = create_account("stampede").await;
+    let CachedPayment {
+        api,
+        _psp,
+        account,
+        id: payment_id,
+        url,
+    } = cached_payment("stampede").await;
     let client = http();
-    let (status, _, payment) = post_payment(
-        &client,
-        &api.url,
-        &account.api_key,
-        "hot-1",
-        &payment_body(11),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let payment_id = payment["id"].as_str().unwrap().to_owned();
-    let url = format!("{}/v1/payments/{payment_id}", api.url);
-    let (status, _) = get_json(&client, &url, &account.api_key).await;
-    assert_eq!(status, 200, "the key is authenticated and cached");
 
     // The entry expires (deleted here), then 40 readers arrive at once.
     let redis = redis::Client::open(Tier::redis_url()).unwrap();

@@ -87,6 +87,19 @@ struct Breaker {
 }
 
 impl Breaker {
+    fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            cooldown,
+            born: Instant::now(),
+            consecutive_failures: AtomicU32::new(0),
+            open: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            probe_after_ms: AtomicU64::new(0),
+            stats: BreakerStats::default(),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.born.elapsed().as_millis() as u64
     }
@@ -180,16 +193,10 @@ impl Redis {
         Ok(Some(Self {
             pool,
             timeout: config.timeout,
-            breaker: Arc::new(Breaker {
-                threshold: config.breaker_failures.max(1),
-                cooldown: config.breaker_cooldown,
-                born: Instant::now(),
-                consecutive_failures: AtomicU32::new(0),
-                open: AtomicBool::new(false),
-                epoch: AtomicU64::new(0),
-                probe_after_ms: AtomicU64::new(0),
-                stats: BreakerStats::default(),
-            }),
+            breaker: Arc::new(Breaker::new(
+                config.breaker_failures,
+                config.breaker_cooldown,
+            )),
         }))
     }
 
@@ -240,16 +247,7 @@ mod tests {
     use super::*;
 
     fn breaker(threshold: u32, cooldown_ms: u64) -> Breaker {
-        Breaker {
-            threshold,
-            cooldown: Duration::from_millis(cooldown_ms),
-            born: Instant::now(),
-            consecutive_failures: AtomicU32::new(0),
-            open: AtomicBool::new(false),
-            epoch: AtomicU64::new(0),
-            probe_after_ms: AtomicU64::new(0),
-            stats: BreakerStats::default(),
-        }
+        Breaker::new(threshold, Duration::from_millis(cooldown_ms))
     }
 
     #[test]
