@@ -27,7 +27,7 @@ use crate::cache::PaymentCache;
 use crate::config::ApiConfig;
 use crate::psp::PspClient;
 use crate::ratelimit::{self, RateLimiter};
-use crate::routes::{health, metrics, payments};
+use crate::routes::{analytics, health, metrics, payments};
 
 /// Everything a handler may use. Note what is absent: no pool and no connection. Handlers
 /// reach the database only through [`Database`]'s session closures.
@@ -41,6 +41,8 @@ pub struct AppState {
     pub cache: Arc<PaymentCache>,
     pub limiter: Arc<RateLimiter>,
     pub keys: Arc<auth::KeyCache>,
+    /// The analytics store, when `CLICKHOUSE_URL` is set.
+    pub analytics: Option<clickhouse::Client>,
     database_ready: Arc<AtomicBool>,
 }
 
@@ -60,6 +62,11 @@ impl AppState {
             redis,
             db,
             keys: Arc::new(auth::KeyCache::new(config.auth_cache_ttl)),
+            analytics: config
+                .clickhouse
+                .url
+                .as_deref()
+                .map(|url| platform::analytics::client(url, &config.clickhouse.database)),
             config: Arc::new(config),
             shutdown,
             database_ready: Arc::new(AtomicBool::new(false)),
@@ -141,6 +148,7 @@ pub fn router(state: AppState) -> Router {
     let (payment_routes, payments_doc) = OpenApiRouter::new()
         .routes(routes!(payments::create_payment, payments::list_payments))
         .routes(routes!(payments::get_payment))
+        .routes(routes!(analytics::payment_analytics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate_and_limit,
@@ -231,6 +239,7 @@ pub fn openapi_json() -> serde_json::Value {
     let state_free = OpenApiRouter::<AppState>::new()
         .routes(routes!(payments::create_payment, payments::list_payments))
         .routes(routes!(payments::get_payment))
+        .routes(routes!(analytics::payment_analytics))
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz));
     let (_, routes_doc) = state_free.split_for_parts();

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use platform::analytics::ClickHouseConfig;
 use platform::config::{flag_or, millis_or, required, var_or};
 use platform::db::DbConfig;
 use platform::redis::RedisConfig;
@@ -29,6 +30,9 @@ pub struct ApiConfig {
     /// database session for the whole payment, processor call included. It exists only so a
     /// benchmark can show why that is wrong. Never enable it in production.
     pub demo_hold_session_across_psp: bool,
+    /// `OUTBOX_ENABLED` (default true): write each payment state change's event to the
+    /// outbox. Off only to measure what the outbox costs; analytics then miss those payments.
+    pub outbox_enabled: bool,
     /// `CACHE_ENABLED` (default true): read payments through Redis.
     pub cache_enabled: bool,
     /// `CACHE_TTL_SECONDS` (default 60): how long a cached payment lives.
@@ -45,6 +49,8 @@ pub struct ApiConfig {
     pub psp: PspConfig,
     pub db: DbConfig,
     pub redis: RedisConfig,
+    /// The analytics store; without `CLICKHOUSE_URL`, `/v1/analytics/*` answers 503.
+    pub clickhouse: ClickHouseConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +75,7 @@ impl ApiConfig {
             shutdown_drain: millis_or("API_SHUTDOWN_DRAIN_MS", 1000)?,
             shutdown_grace: millis_or("API_SHUTDOWN_GRACE_MS", 15_000)?,
             demo_hold_session_across_psp: flag_or("API_DEMO_HOLD_SESSION_ACROSS_PSP", false)?,
+            outbox_enabled: flag_or("OUTBOX_ENABLED", true)?,
             cache_enabled: flag_or("CACHE_ENABLED", true)?,
             cache_ttl: Duration::from_secs(var_or("CACHE_TTL_SECONDS", 60)?),
             auth_cache_ttl: Duration::from_secs(var_or("AUTH_CACHE_TTL_SECONDS", 30)?),
@@ -82,6 +89,7 @@ impl ApiConfig {
             },
             db: DbConfig::from_env()?,
             redis: RedisConfig::from_env()?,
+            clickhouse: ClickHouseConfig::from_env()?,
         })
     }
 }

@@ -60,8 +60,17 @@ pub enum Claim {
     },
 }
 
-/// Records the idempotency key and the pending payment in one statement, or finds what an
-/// earlier request with the same key recorded.
+/// Whether a state change also writes its event to the outbox, and the trace it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct Events<'a> {
+    /// `OUTBOX_ENABLED`: off only to measure what the outbox costs the write path.
+    pub enabled: bool,
+    /// The request's W3C `traceparent`, carried with the event.
+    pub traceparent: Option<&'a str>,
+}
+
+/// Records the idempotency key, the pending payment and its `created` event in one
+/// statement, or finds what an earlier request with the same key recorded.
 ///
 /// A concurrent request with the same key blocks on the key's unique index until the first
 /// commits, then finds its row: concurrent duplicates create exactly one payment.
@@ -71,18 +80,28 @@ pub async fn claim(
     key: &str,
     payment_id: Uuid,
     payment: &NewPayment,
+    events: Events<'_>,
 ) -> Result<Claim, sqlx::Error> {
     let created = sqlx::query_as::<_, Payment>(concat!(
         "WITH claimed AS ( \
            INSERT INTO idempotency_keys (account_id, key, request_hash, payment_id) \
            VALUES ($1, $2, $3, $4) \
            ON CONFLICT (account_id, key) DO NOTHING \
-           RETURNING payment_id) \
-         INSERT INTO payments (id, account_id, amount, currency, description, metadata, status) \
-         SELECT payment_id, $1, $5, $6, $7, $8, 'pending' FROM claimed \
-         RETURNING ",
+           RETURNING payment_id), \
+         created AS ( \
+           INSERT INTO payments (id, account_id, amount, currency, description, metadata, status) \
+           SELECT payment_id, $1, $5, $6, $7, $8, 'pending' FROM claimed \
+           RETURNING ",
         payment_columns!(),
-        ""
+        "), \
+         event AS ( \
+           INSERT INTO outbox (event_id, account_id, payment_id, kind, amount, currency, \
+                               occurred_at, traceparent) \
+           SELECT gen_random_uuid(), $1, id, 'created', amount, currency, created_at, $10 \
+           FROM created WHERE $9) \
+         SELECT ",
+        payment_columns!(),
+        " FROM created"
     ))
     .bind(account_id)
     .bind(key)
@@ -92,6 +111,8 @@ pub async fn claim(
     .bind(&payment.currency)
     .bind(&payment.description)
     .bind(sqlx::types::Json(&payment.metadata))
+    .bind(events.enabled)
+    .bind(events.traceparent)
     .fetch_optional(&mut *c)
     .await?;
     if let Some(payment) = created {
@@ -121,13 +142,16 @@ pub enum Settlement {
     Declined { reference: String, reason: String },
 }
 
-/// Moves a pending payment to its final status. If another request settled it first, the
-/// payment is returned as that request left it: a payment is settled once.
+/// Moves a pending payment to its final status and records the `succeeded` or `failed`
+/// event in the same statement. If another request settled it first, the payment is
+/// returned as that request left it, and no second event is written: a payment is
+/// settled once.
 pub async fn settle(
     c: &mut PgConnection,
     account_id: Uuid,
     payment_id: Uuid,
     settlement: &Settlement,
+    events: Events<'_>,
 ) -> Result<Payment, sqlx::Error> {
     let (status, reference, reason) = match settlement {
         Settlement::Succeeded { reference } => (PaymentStatus::Succeeded, reference, None),
@@ -136,18 +160,29 @@ pub async fn settle(
         }
     };
     let updated = sqlx::query_as::<_, Payment>(concat!(
-        "UPDATE payments \
-         SET status = $3, processor_reference = $4, failure_reason = $5, updated_at = now() \
-         WHERE account_id = $1 AND id = $2 AND status = 'pending' \
-         RETURNING ",
+        "WITH updated AS ( \
+           UPDATE payments \
+           SET status = $3, processor_reference = $4, failure_reason = $5, updated_at = now() \
+           WHERE account_id = $1 AND id = $2 AND status = 'pending' \
+           RETURNING ",
         payment_columns!(),
-        ""
+        "), \
+         event AS ( \
+           INSERT INTO outbox (event_id, account_id, payment_id, kind, amount, currency, \
+                               occurred_at, traceparent) \
+           SELECT gen_random_uuid(), $1, id, status, amount, currency, updated_at, $7 \
+           FROM updated WHERE $6) \
+         SELECT ",
+        payment_columns!(),
+        " FROM updated"
     ))
     .bind(account_id)
     .bind(payment_id)
     .bind(status)
     .bind(reference)
     .bind(reason)
+    .bind(events.enabled)
+    .bind(events.traceparent)
     .fetch_optional(&mut *c)
     .await?;
     match updated {

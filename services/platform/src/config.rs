@@ -32,6 +32,14 @@ pub fn required(name: &str) -> anyhow::Result<String> {
         .with_context(|| format!("environment variable {name} must be set"))
 }
 
+/// A variable that may be absent; unset and empty are the same.
+pub fn optional(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// A duration given in milliseconds.
 pub fn millis_or(name: &str, default_ms: u64) -> anyhow::Result<Duration> {
     var_or(name, default_ms).map(Duration::from_millis)

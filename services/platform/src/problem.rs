@@ -46,6 +46,8 @@ pub enum ProblemType {
     DeadlineExceeded,
     /// A dependency (the payment processor) failed after retries (502).
     UpstreamFailure,
+    /// The analytics store cannot answer; retry shortly (503).
+    AnalyticsUnavailable,
     /// The process is shutting down; retry on another instance (503).
     ShuttingDown,
     /// A bug on our side. Never used for a client's mistake (500).
@@ -70,6 +72,7 @@ impl ProblemType {
             Self::DatabaseUnavailable => "database-unavailable",
             Self::DeadlineExceeded => "deadline-exceeded",
             Self::UpstreamFailure => "upstream-failure",
+            Self::AnalyticsUnavailable => "analytics-unavailable",
             Self::ShuttingDown => "shutting-down",
             Self::Internal => "internal",
         }
@@ -91,6 +94,7 @@ impl ProblemType {
             Self::DatabaseUnavailable => "The database is unavailable",
             Self::DeadlineExceeded => "The request deadline was exceeded",
             Self::UpstreamFailure => "The payment processor failed",
+            Self::AnalyticsUnavailable => "Analytics are unavailable",
             Self::ShuttingDown => "The instance is shutting down",
             Self::Internal => "Internal error",
         }
@@ -111,7 +115,8 @@ impl ProblemType {
             | Self::PoolTimeout
             | Self::DatabaseUnavailable
             | Self::DeadlineExceeded
-            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::ShuttingDown
+            | Self::AnalyticsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailure => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

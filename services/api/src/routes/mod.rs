@@ -1,3 +1,4 @@
+pub mod analytics;
 pub mod health;
 pub mod metrics;
 pub mod payments;

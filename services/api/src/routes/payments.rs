@@ -28,7 +28,7 @@ use crate::domain::{CreatePaymentRequest, IdempotencyKey, NewPayment};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::psp::PspClient;
-use crate::store::{self, Claim, Payment, PaymentStatus};
+use crate::store::{self, Claim, Events, Payment, PaymentStatus};
 
 /// Set on a response that replays the result of an earlier request with the same key.
 const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -68,10 +68,11 @@ pub async fn create_payment(
     })?;
     let payment = NewPayment::parse(request).map_err(ApiError::validation)?;
 
+    let traceparent = traceparent(&headers);
     let (payment, replayed) = if app.config.demo_hold_session_across_psp {
-        create_holding_session_across_psp(&app, &account, key, payment).await?
+        create_holding_session_across_psp(&app, &account, key, payment, traceparent).await?
     } else {
-        create(&app, &account, key, payment).await?
+        create(&app, &account, key, payment, traceparent).await?
     };
 
     let mut response = (StatusCode::CREATED, Json(payment)).into_response();
@@ -89,17 +90,31 @@ async fn create(
     account: &Account,
     key: IdempotencyKey,
     new_payment: NewPayment,
+    traceparent: Option<String>,
 ) -> Result<(Payment, bool), ApiError> {
     let account_id = account.id;
     let fingerprint = new_payment.fingerprint();
+    let outbox = app.config.outbox_enabled;
 
     // Session 1: claim the key and record the payment as pending.
     let claim = {
-        let new_payment = new_payment.clone();
+        let (new_payment, traceparent) = (new_payment.clone(), traceparent.clone());
         app.db
             .write("claim_payment", move |c| {
                 Box::pin(async move {
-                    store::claim(c, account_id, key.as_str(), Uuid::now_v7(), &new_payment).await
+                    let events = Events {
+                        enabled: outbox,
+                        traceparent: traceparent.as_deref(),
+                    };
+                    store::claim(
+                        c,
+                        account_id,
+                        key.as_str(),
+                        Uuid::now_v7(),
+                        &new_payment,
+                        events,
+                    )
+                    .await
                 })
             })
             .await?
@@ -134,7 +149,13 @@ async fn create(
     let settled = app
         .db
         .write("settle_payment", move |c| {
-            Box::pin(async move { store::settle(c, account_id, payment_id, &settlement).await })
+            Box::pin(async move {
+                let events = Events {
+                    enabled: outbox,
+                    traceparent: traceparent.as_deref(),
+                };
+                store::settle(c, account_id, payment_id, &settlement, events).await
+            })
         })
         .await?;
 
@@ -153,17 +174,30 @@ async fn create_holding_session_across_psp(
     account: &Account,
     key: IdempotencyKey,
     new_payment: NewPayment,
+    traceparent: Option<String>,
 ) -> Result<(Payment, bool), ApiError> {
     let account_id = account.id;
     let fingerprint = new_payment.fingerprint();
     let psp: Arc<PspClient> = app.psp.clone();
+    let outbox = app.config.outbox_enabled;
 
     let outcome = app
         .db
         .write_holding_session_across_network("demo_payment_holding_session", move |c| {
             Box::pin(async move {
-                let claim =
-                    store::claim(c, account_id, key.as_str(), Uuid::now_v7(), &new_payment).await?;
+                let events = Events {
+                    enabled: outbox,
+                    traceparent: traceparent.as_deref(),
+                };
+                let claim = store::claim(
+                    c,
+                    account_id,
+                    key.as_str(),
+                    Uuid::now_v7(),
+                    &new_payment,
+                    events,
+                )
+                .await?;
                 let (pending, replayed) = match claim {
                     Claim::Created(payment) => (payment, false),
                     Claim::Existing {
@@ -186,13 +220,30 @@ async fn create_holding_session_across_psp(
                     Ok(settlement) => settlement,
                     Err(error) => return Ok(Err(ApiError::from(error))),
                 };
-                let settled = store::settle(c, account_id, pending.id, &settlement).await?;
+                let settled = store::settle(c, account_id, pending.id, &settlement, events).await?;
                 Ok(Ok((settled, replayed)))
             })
         })
         .await??;
     app.cache.store(account_id, &outcome.0).await;
     Ok(outcome)
+}
+
+/// The request's W3C `traceparent` header, kept only when it has the version-00 shape
+/// (`00-<32 hex>-<16 hex>-<2 hex>`): the outbox stores it, so it must not carry arbitrary
+/// client bytes.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts.as_slice() {
+        [version, trace, span, flags]
+            if *version == "00" && hex(trace, 32) && hex(span, 16) && hex(flags, 2) =>
+        {
+            Some(value.to_ascii_lowercase())
+        }
+        _ => None,
+    }
 }
 
 fn idempotency_conflict() -> ApiError {

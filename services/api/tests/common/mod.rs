@@ -8,10 +8,12 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use api::config::{ApiConfig, PspConfig};
 use api::startup::Application;
+use platform::analytics::ClickHouseConfig;
 use platform::db::DbConfig;
 use platform::redis::RedisConfig;
 use platform::shutdown::Shutdown;
@@ -61,6 +63,9 @@ impl Tier {
     }
     pub fn redis_url() -> String {
         env("REDIS_URL")
+    }
+    pub fn clickhouse_url() -> String {
+        env("CLICKHOUSE_URL")
     }
     pub fn tierctl() -> String {
         env("TIERSTACK_TIERCTL")
@@ -198,6 +203,12 @@ pub fn api_config(psp_url: &str) -> ApiConfig {
             breaker_failures: 3,
             breaker_cooldown: Duration::from_millis(500),
         },
+        outbox_enabled: true,
+        clickhouse: ClickHouseConfig {
+            url: Some(Tier::clickhouse_url()),
+            database: "tierstack".to_owned(),
+            timeout: Duration::from_secs(2),
+        },
     }
 }
 
@@ -289,4 +300,19 @@ pub async fn tier_metric(name: &str) -> f64 {
         sum += metric(base, name).await;
     }
     sum
+}
+
+/// Runs `tierctl` against the running tier, e.g. `["stop-component", "redis"]`.
+pub fn tierctl(args: &[&str]) {
+    let status = Command::new(Tier::tierctl())
+        .args(args)
+        .args([
+            "--tier",
+            &env("TIERSTACK_TIER"),
+            "--run-dir",
+            &env("TIERSTACK_RUN_DIR"),
+        ])
+        .status()
+        .expect("tierctl runs");
+    assert!(status.success(), "tierctl {args:?} failed");
 }
