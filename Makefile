@@ -4,7 +4,7 @@
 TIERCTL := deploy/local/tierctl
 SHELL := /bin/bash
 
-.PHONY: demo up down status smoke test lint bench-sessions bench-cache bench-oha toolchain
+.PHONY: demo up down status smoke test lint bench-sessions bench-cache bench-outbox bench-oha toolchain
 
 ## demo: bring up the local tier (release build), run the load ladder 25/50/100/120 with its
 ## verdict, the side-by-side comparison with the hold-session mode, and 1000 users.
@@ -44,6 +44,10 @@ bench-sessions: toolchain
 ## bench-cache: the read-heavy ladder with the Redis cache on and off, side by side.
 bench-cache: toolchain
 	loadtest/bench-cache.sh
+
+## bench-outbox: the payment ladder with the outbox on and off, and the pipeline's lag under it.
+bench-outbox: toolchain
+	loadtest/bench-outbox.sh
 
 ## bench-oha: the load tool's numbers against oha's, same endpoint and concurrency.
 bench-oha: toolchain

@@ -9,23 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tierctl=deploy/local/tierctl
 steps=${STEPS:-25,50,100}
 duration=${DURATION:-10}
 mix=${MIX:-create=1,get=8,list=1}
 out=${OUT:-target/bench/cache-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$out"
-
-"$tierctl" up --tier local --profile release
-cargo build --release --locked -p loadtest
-set -a
-eval "$("$tierctl" env --tier local)"
-set +a
-
-restart_api() {
-  "$tierctl" stop-component api --tier local >/dev/null
-  "$tierctl" up --tier local --profile release --no-build "$@" >/dev/null
-}
+# shellcheck source=loadtest/bench-common.sh
+. loadtest/bench-common.sh
 
 # Sum of one counter over the api instances.
 counter() {

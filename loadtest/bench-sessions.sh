@@ -13,20 +13,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tierctl=deploy/local/tierctl
 concurrency=${CONCURRENCY:-100}
 duration=${DURATION:-20}
 warmup=${WARMUP:-3}
 psp_median_ms=${PSP_MEDIAN_MS:-50}
 acquire_timeout_ms=${ACQUIRE_TIMEOUT_MS:-2000}
 out=${OUT:-target/bench/sessions-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$out"
-
-"$tierctl" up --tier local --profile release
-cargo build --release --locked -p loadtest
-set -a
-eval "$("$tierctl" env --tier local)"
-set +a
+# shellcheck source=loadtest/bench-common.sh
+. loadtest/bench-common.sh
 
 # The processor's latency is part of the experiment: set it explicitly, and put back what
 # it was when the script ends.

@@ -118,7 +118,7 @@ struct Common {
     /// Seconds measured, per step.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Operation weights, e.g. `create=1,get=3,list=1`.
+    /// Operation weights, e.g. `create=1,get=3,list=1,analytics=1`.
     #[arg(long, default_value = "create=1")]
     mix: Mix,
     /// Accounts to seed and spread the clients over.

@@ -106,6 +106,8 @@ pub struct Workload {
     pub timeout: Duration,
     payments_uri: Uri,
     list_uri: Uri,
+    /// The last hour of the caller's analytics, by minute: ClickHouse's side of the mix.
+    analytics_uri: Uri,
 }
 
 impl Workload {
@@ -125,6 +127,7 @@ impl Workload {
             client,
             payments_uri: format!("{target}/v1/payments").parse()?,
             list_uri: format!("{target}/v1/payments?limit=20").parse()?,
+            analytics_uri: format!("{target}/v1/analytics/payments?interval=minute").parse()?,
             target,
             authorizations,
             mix,
@@ -161,6 +164,9 @@ async fn send(
         (Operation::ListPayments, _) => {
             builder.uri(workload.list_uri.clone()).body(Full::default())
         }
+        (Operation::PaymentAnalytics, _) => builder
+            .uri(workload.analytics_uri.clone())
+            .body(Full::default()),
         // A read with nothing to read creates something instead.
         (Operation::CreatePayment | Operation::GetPayment, _) => builder
             .method(Method::POST)

@@ -14,6 +14,8 @@ pub enum Operation {
     CreatePayment,
     GetPayment,
     ListPayments,
+    /// `GET /v1/analytics/payments`, served from ClickHouse.
+    PaymentAnalytics,
 }
 
 /// Relative weights of the operations, e.g. `create=1,get=3,list=1`.
@@ -34,7 +36,8 @@ impl std::str::FromStr for Mix {
                 "create" => Operation::CreatePayment,
                 "get" => Operation::GetPayment,
                 "list" => Operation::ListPayments,
-                other => bail!("unknown operation {other:?} (use create, get, list)"),
+                "analytics" => Operation::PaymentAnalytics,
+                other => bail!("unknown operation {other:?} (use create, get, list, analytics)"),
             };
             let weight: u32 = weight
                 .parse()
@@ -61,6 +64,7 @@ impl Mix {
                     Operation::CreatePayment => "create",
                     Operation::GetPayment => "get",
                     Operation::ListPayments => "list",
+                    Operation::PaymentAnalytics => "analytics",
                 };
                 format!("{name}={weight}")
             })

@@ -1,0 +1,19 @@
+# Sourced by the bench-*.sh scripts: bring up the local tier (release build), build the
+# load tool, export the tier's addresses, and offer a way to restart the api instances
+# with other settings. The caller sets `out` (its results folder) before sourcing.
+
+tierctl=deploy/local/tierctl
+mkdir -p "$out"
+
+"$tierctl" up --tier local --profile release
+cargo build --release --locked -p loadtest
+set -a
+eval "$("$tierctl" env --tier local)"
+set +a
+
+# Restarts every api instance; extra arguments go to `tierctl up`, e.g.
+# `restart_api --api-env CACHE_ENABLED=false`. Without any, the tier's own settings.
+restart_api() {
+  "$tierctl" stop-component api --tier local >/dev/null
+  "$tierctl" up --tier local --profile release --no-build "$@" >/dev/null
+}
