@@ -17,3 +17,18 @@ restart_api() {
   "$tierctl" stop-component api --tier local >/dev/null
   "$tierctl" up --tier local --profile release --no-build "$@" >/dev/null
 }
+
+# Reads (`psp_behaviour get`) or replaces (`psp_behaviour '{"latency_median_ms": 5, ...}'`)
+# the processor simulator's behaviour while it runs.
+psp_behaviour() {
+  python3 - "$TIERSTACK_PSP_URL" "$1" <<'PY'
+import json, sys, urllib.request
+url, wanted = sys.argv[1] + "/admin/behaviour", sys.argv[2]
+if wanted == "get":
+    print(urllib.request.urlopen(url, timeout=5).read().decode())
+else:
+    request = urllib.request.Request(url, data=wanted.encode(), method="PUT",
+                                     headers={"content-type": "application/json"})
+    urllib.request.urlopen(request, timeout=5).read()
+PY
+}

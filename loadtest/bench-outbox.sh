@@ -4,8 +4,12 @@
 # Against the local tier (release build): the payment ladder with the outbox on, while the
 # workers' /metrics are sampled every 250 ms (outbox backlog, age of the oldest unpublished
 # event, stream length and pending entries, rows ClickHouse accepted); then the time until
-# the pipeline is idle again; then the same ladder with the api instances restarted with
-# OUTBOX_ENABLED=false. Settings: STEPS (25,50,100), DURATION (10), MIX (create=1).
+# the pipeline is idle again; then the same ladder with the workers stopped, so that the
+# outbox's cost on the write path is seen apart from the pipeline's use of the same CPU
+# (the events wait in the outbox and are relayed afterwards); then the same ladder with the
+# api instances restarted with OUTBOX_ENABLED=false. Settings: STEPS (25,50,100), DURATION (10), MIX (create=1), and
+# PSP_MEDIAN_MS (unset: the tier's 150 ms); a fast processor makes the database sessions,
+# where the outbox's cost lies, a larger part of each payment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,14 +20,19 @@ out=${OUT:-target/bench/outbox-$(date -u +%Y%m%dT%H%M%SZ)}
 # shellcheck source=loadtest/bench-common.sh
 . loadtest/bench-common.sh
 
+# A failed verdict does not stop the comparison: both verdicts are printed at the end.
 ladder() {
   local name=$1
   shift
   target/release/loadtest ladder --quiet --steps "$steps" --duration "$duration" --warmup 3 \
-    --mix "$mix" --out-dir "$out" --name "$name" "$@" | grep -E '^\||verdict'
+    --mix "$mix" --out-dir "$out" --name "$name" "$@" | grep -E '^\||verdict' || true
 }
 
-trap 'restart_api; rm -f "$out/stop"' EXIT
+original_behaviour=$(psp_behaviour get)
+if [ -n "${PSP_MEDIAN_MS:-}" ]; then
+  psp_behaviour "{\"latency_median_ms\": $PSP_MEDIAN_MS, \"latency_sigma\": 0.5, \"latency_max_ms\": 5000, \"failure_rate\": 0, \"decline_rate\": 0}"
+fi
+trap 'restart_api; "$tierctl" start-component worker --tier local >/dev/null; psp_behaviour "$original_behaviour"; rm -f "$out/stop"' EXIT
 
 echo "== outbox on, pipeline sampled"
 restart_api
@@ -34,6 +43,12 @@ ladder outbox-on
 touch "$out/stop"
 wait "$sampler"
 
+echo "== outbox on, workers stopped"
+restart_api
+"$tierctl" stop-component worker --tier local >/dev/null
+ladder outbox-on-no-workers
+"$tierctl" start-component worker --tier local >/dev/null
+
 echo "== outbox off"
 restart_api --api-env OUTBOX_ENABLED=false
 ladder outbox-off
@@ -41,14 +56,16 @@ ladder outbox-off
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
-runs = {n: json.load(open(f"{out}/{n}/report.json"))["runs"][0] for n in ("outbox-on", "outbox-off")}
-on, off = runs["outbox-on"]["steps"], runs["outbox-off"]["steps"]
-print("\n| concurrency | goodput on | goodput off | on/off | p95 ms on | p95 ms off | p95 on/off |")
-print("|---:|---:|---:|---:|---:|---:|---:|")
-for a, b in zip(on, off):
-    print(f"| {a['concurrency']} | {a['goodput_rps']:.1f} | {b['goodput_rps']:.1f} | "
-          f"{a['goodput_rps'] / b['goodput_rps']:.2f} | {a['success']['p95_ms']:.1f} | "
-          f"{b['success']['p95_ms']:.1f} | {a['success']['p95_ms'] / b['success']['p95_ms']:.2f} |")
+names = ("outbox-on", "outbox-on-no-workers", "outbox-off")
+runs = {n: json.load(open(f"{out}/{n}/report.json"))["runs"][0] for n in names}
+print("\non: outbox and pipeline; alone: outbox on, workers stopped; off: no outbox")
+print("| concurrency | goodput on | goodput alone | goodput off | on/off | alone/off | p95 ms on | p95 ms alone | p95 ms off | p95 on/off | p95 alone/off |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for a, w, b in zip(*(runs[n]["steps"] for n in names)):
+    g = lambda s: s["goodput_rps"]
+    q = lambda s: s["success"]["p95_ms"]
+    print(f"| {a['concurrency']} | {g(a):.1f} | {g(w):.1f} | {g(b):.1f} | {g(a) / g(b):.2f} | "
+          f"{g(w) / g(b):.2f} | {q(a):.1f} | {q(w):.1f} | {q(b):.1f} | {q(a) / q(b):.2f} | {q(w) / q(b):.2f} |")
 for name, run in runs.items():
     print(f"verdict {name}: {'PASS' if run['verdict']['passed'] else 'FAIL'}")
 p = json.load(open(f"{out}/pipeline.json"))

@@ -340,3 +340,57 @@ async fn with_the_queue_down_events_wait_in_the_outbox_and_flow_when_it_returns(
     assert_eq!(unpublished, 2 * created as i64, "events left the outbox");
     assert_delivered_exactly_once(&account, Some(2 * created as i64)).await;
 }
+
+#[tokio::test]
+async fn an_entry_that_can_never_load_goes_to_the_dead_letter_stream_with_its_reason() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = queue_redis()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let body = format!(
+        r#"{{"not":"a payment event","marker":"{}"}}"#,
+        Uuid::new_v4()
+    );
+    let id: String = redis::cmd("XADD")
+        .arg(worker::STREAM)
+        .arg("*")
+        .arg(worker::event::FIELD)
+        .arg(&body)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let dead = loop {
+        let letters: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(worker::DEAD_LETTER_STREAM)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if let Some(letter) = letters
+            .ids
+            .into_iter()
+            .find(|letter| letter.get::<String>("entry_id").as_deref() == Some(id.as_str()))
+        {
+            break letter;
+        }
+        assert!(Instant::now() < deadline, "the entry was not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    assert_eq!(dead.get::<String>(worker::event::FIELD), Some(body));
+    let reason: String = dead.get("reason").unwrap();
+    assert!(reason.contains("not valid JSON"), "{reason}");
+    // Dead-lettered means acknowledged and gone from the stream, so it blocks nothing.
+    let remaining: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(worker::STREAM)
+        .arg(&id)
+        .arg(&id)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(remaining.ids.is_empty());
+}
