@@ -137,6 +137,22 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The routes that need an API key. The server and the OpenAPI document both start here,
+/// so the document lists exactly what is served.
+fn authenticated_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(payments::create_payment, payments::list_payments))
+        .routes(routes!(payments::get_payment))
+        .routes(routes!(analytics::payment_analytics))
+}
+
+/// Liveness and readiness, for load balancers: no API key, no admission control.
+fn probe_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::livez))
+        .routes(routes!(health::readyz))
+}
+
 /// Builds the whole HTTP surface.
 ///
 /// The payment routes sit behind admission control; the health routes do not, so that an
@@ -145,20 +161,14 @@ pub fn router(state: AppState) -> Router {
     let admission =
         platform::admission::layer(state.config.admission_limit, state.config.request_deadline);
 
-    let (payment_routes, payments_doc) = OpenApiRouter::new()
-        .routes(routes!(payments::create_payment, payments::list_payments))
-        .routes(routes!(payments::get_payment))
-        .routes(routes!(analytics::payment_analytics))
+    let (payment_routes, payments_doc) = authenticated_routes()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate_and_limit,
         ))
         .layer(admission)
         .split_for_parts();
-    let (health_routes, health_doc) = OpenApiRouter::new()
-        .routes(routes!(health::livez))
-        .routes(routes!(health::readyz))
-        .split_for_parts();
+    let (health_routes, health_doc) = probe_routes().split_for_parts();
 
     let mut doc = ApiDoc::openapi();
     doc.merge(payments_doc);
@@ -236,13 +246,9 @@ async fn authenticate_and_limit(
 
 /// The OpenAPI document, for tools that want it without a running server.
 pub fn openapi_json() -> serde_json::Value {
-    let state_free = OpenApiRouter::<AppState>::new()
-        .routes(routes!(payments::create_payment, payments::list_payments))
-        .routes(routes!(payments::get_payment))
-        .routes(routes!(analytics::payment_analytics))
-        .routes(routes!(health::livez))
-        .routes(routes!(health::readyz));
-    let (_, routes_doc) = state_free.split_for_parts();
+    let (_, routes_doc) = authenticated_routes()
+        .merge(probe_routes())
+        .split_for_parts();
     let mut doc = ApiDoc::openapi();
     doc.merge(routes_doc);
     serde_json::to_value(doc).expect("the OpenAPI document serialises")

@@ -7,6 +7,7 @@
 //! - [`analytics`]: the ClickHouse table of payment events and the query that reads it.
 //! - [`admission`]: the in-flight limit and request deadline that make overload fail fast.
 //! - [`redis`]: Redis behind a timeout and a circuit breaker.
+//! - [`prometheus`]: the `/metrics` page in the Prometheus text format.
 //! - [`shutdown`]: SIGTERM handling, readiness, and draining.
 //! - [`telemetry`]: structured logging.
 
@@ -15,6 +16,7 @@ pub mod analytics;
 pub mod config;
 pub mod db;
 pub mod problem;
+pub mod prometheus;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;

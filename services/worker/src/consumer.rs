@@ -13,6 +13,7 @@
 //! dead-letter stream with ClickHouse's reason. Entries that cannot even be decoded go
 //! there at once.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -61,8 +62,41 @@ pub struct Consumer {
     pub stats: Arc<ConsumerStats>,
 }
 
-/// Rows in the INSERT being built, with the stream entries they came from.
+/// Rows of one INSERT, with the stream entries they came from.
 type Batch = Vec<(String, EventRow)>;
+
+/// The INSERT being built. An entry can arrive twice while it is open (a claim returns
+/// entries this consumer already holds once they have idled long enough), so membership is
+/// kept in a set: a read of 500 entries must not scan up to 1000 rows for each.
+#[derive(Default)]
+struct OpenBatch {
+    rows: Batch,
+    ids: HashSet<String>,
+}
+
+impl OpenBatch {
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn push(&mut self, id: String, row: EventRow) {
+        self.ids.insert(id.clone());
+        self.rows.push((id, row));
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn take(&mut self) -> Batch {
+        self.ids.clear();
+        std::mem::take(&mut self.rows)
+    }
+}
 
 impl Consumer {
     fn inserter(&self) -> Inserter<EventRow> {
@@ -355,7 +389,7 @@ impl Consumer {
         self.stats.clickhouse_up.store(true, Ordering::Relaxed);
 
         let mut inserter = self.inserter();
-        let mut batch: Batch = Vec::new();
+        let mut batch = OpenBatch::default();
         // This consumer's own pending entries first (from an earlier run under this name),
         // then new ones.
         let mut history: Option<String> = Some("0".to_owned());
@@ -415,7 +449,7 @@ impl Consumer {
 
             let mut failed = None;
             for entry in entries {
-                if batch.iter().any(|(id, _)| *id == entry.id) {
+                if batch.contains(&entry.id) {
                     continue;
                 }
                 let raw: Option<String> = entry.get(FIELD);
@@ -424,10 +458,10 @@ impl Consumer {
                         let row = event.to_row();
                         if let Err(error) = inserter.write(&row).await {
                             failed = Some(error);
-                            batch.push((entry.id, row));
+                            batch.push(entry.id, row);
                             break;
                         }
-                        batch.push((entry.id, row));
+                        batch.push(entry.id, row);
                     }
                     Err(reason) => self.dead_letter(&entry, &reason.to_string()).await,
                 }
@@ -438,10 +472,7 @@ impl Consumer {
                     Ok(quantities) if quantities.rows > 0 => {
                         self.record_insert(quantities.rows, started.elapsed());
                         self.stats.clickhouse_up.store(true, Ordering::Relaxed);
-                        let ids = std::mem::take(&mut batch)
-                            .into_iter()
-                            .map(|(id, _)| id)
-                            .collect();
+                        let ids = batch.take().into_iter().map(|(id, _)| id).collect();
                         self.acknowledge(ids).await;
                     }
                     Ok(_) => {}
@@ -456,7 +487,7 @@ impl Consumer {
                 tracing::warn!(%error, rows = batch.len(), "ClickHouse insert failed; new events wait in the stream until it recovers");
                 // The inserter cannot be used after an error; the rows are still in `batch`.
                 inserter = self.inserter();
-                if !self.recover(std::mem::take(&mut batch), &mut stop).await {
+                if !self.recover(batch.take(), &mut stop).await {
                     return;
                 }
             }
@@ -468,7 +499,7 @@ impl Consumer {
             match inserter.end().await {
                 Ok(quantities) => {
                     self.record_insert(quantities.rows, started.elapsed());
-                    self.acknowledge(batch.into_iter().map(|(id, _)| id).collect())
+                    self.acknowledge(batch.take().into_iter().map(|(id, _)| id).collect())
                         .await;
                 }
                 Err(error) => {

@@ -1,25 +1,19 @@
 //! `GET /metrics`: the instance's counters in the Prometheus text format.
 //!
-//! Written by hand for now: a dozen counters that already live in atomics. The telemetry
-//! tier replaces this with OpenTelemetry metrics under the same names.
+//! A dozen counters that already live in atomics; the telemetry work replaces this with
+//! OpenTelemetry metrics under the same names.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::header;
 use axum::response::IntoResponse;
+use platform::prometheus::MetricsText;
 
 use crate::app::AppState;
 
 pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    };
+    let mut text = MetricsText::new();
+    let mut counter = |name: &str, help: &str, value: u64| text.counter(name, help, value);
 
     let cache = &app.cache.stats;
     counter(
@@ -113,12 +107,10 @@ pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
     );
 
     let redis_up = app.redis.as_ref().is_some_and(|r| r.is_available());
-    let _ = writeln!(
-        out,
-        "# HELP redis_available Whether this instance currently uses Redis (breaker closed).\n\
-         # TYPE redis_available gauge\nredis_available {}",
-        u8::from(redis_up)
+    text.gauge(
+        "redis_available",
+        "Whether this instance currently uses Redis (breaker closed).",
+        u8::from(redis_up),
     );
-
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    text
 }
