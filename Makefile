@@ -56,3 +56,4 @@ bench-oha: toolchain
 toolchain:
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs), then rerun" >&2; exit 1; }
 	@command -v cc >/dev/null || { echo "a C compiler is needed for TLS crates: apt-get install -y gcc" >&2; exit 1; }
+	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "python3 3.11 or newer runs deploy/local/tierctl and the bench scripts: apt-get install -y python3" >&2; exit 1; }

@@ -39,9 +39,25 @@ restart_api
 rm -f "$out/stop"
 python3 loadtest/pipeline-sampler.py "$TIERSTACK_WORKER_URLS" "$out/stop" "$out/pipeline.json" &
 sampler=$!
+run_start=$(date +%s)
 ladder outbox-on
 touch "$out/stop"
 wait "$sampler"
+
+# Once the pipeline is idle, every event of the run is in ClickHouse exactly once: its
+# distinct events since the run began equal the outbox's.
+outbox_events=$(psql "$DB_PRIMARY_URL" -Atc \
+  "SELECT count(*) FROM outbox WHERE occurred_at >= to_timestamp($run_start)")
+clickhouse_events=$(python3 - "$CLICKHOUSE_URL" "$run_start" <<'PY'
+import sys, urllib.request
+url, start = sys.argv[1], int(sys.argv[2])
+query = f"SELECT uniqExact(event_id) FROM payment_events WHERE occurred_at_us >= {start * 1000000}"
+print(urllib.request.urlopen(url + "/?database=tierstack", data=query.encode(), timeout=10).read().decode().strip())
+PY
+)
+if [ "$outbox_events" = "$clickhouse_events" ]; then verdict=equal; else verdict=MISMATCH; fi
+echo "events of the run: outbox $outbox_events, ClickHouse distinct $clickhouse_events ($verdict)" \
+  | tee "$out/consistency.txt"
 
 echo "== outbox on, workers stopped"
 restart_api

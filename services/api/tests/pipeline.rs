@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -136,12 +138,24 @@ async fn wait_drained(account_id: Uuid) -> (i64, u64, u64) {
     }
 }
 
-/// (status, currency) -> (count, volume), as the analytics API reports it for the
-/// default range (the last day).
-async fn analytics_totals(account: &TestAccount) -> BTreeMap<(String, String), (i64, i64)> {
+/// A time range, `[from, to)`.
+type Range = (OffsetDateTime, OffsetDateTime);
+
+/// (status, currency) -> (count, volume), as the analytics API reports it for `range`, by
+/// minute.
+async fn analytics_totals(
+    account: &TestAccount,
+    (from, to): Range,
+) -> BTreeMap<(String, String), (i64, i64)> {
+    let rfc3339 = |at: OffsetDateTime| at.format(&Rfc3339).unwrap();
     let (status, body) = get_json(
         &http(),
-        &format!("{}/v1/analytics/payments", Tier::haproxy_url()),
+        &format!(
+            "{}/v1/analytics/payments?interval=minute&from={}&to={}",
+            Tier::haproxy_url(),
+            rfc3339(from),
+            rfc3339(to)
+        ),
         &account.api_key,
     )
     .await;
@@ -169,18 +183,22 @@ async fn analytics_totals(account: &TestAccount) -> BTreeMap<(String, String), (
         .collect()
 }
 
-/// The same totals computed by SQL over the account's payments in PostgreSQL: every
-/// payment was created, and each settled one succeeded or failed.
-async fn sql_totals(account_id: Uuid) -> BTreeMap<(String, String), (i64, i64)> {
+/// The same totals computed by SQL over the account's payments in PostgreSQL for the same
+/// range: a payment counts as created when its `created_at` is in it, and as succeeded or
+/// failed when its settlement (`updated_at`) is.
+async fn sql_totals(account_id: Uuid, (from, to): Range) -> BTreeMap<(String, String), (i64, i64)> {
     let mut primary = connect(&Tier::primary_url()).await;
     let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
         "SELECT 'created', currency, count(*), sum(amount)::bigint FROM payments \
-         WHERE account_id = $1 GROUP BY currency \
+         WHERE account_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY currency \
          UNION ALL \
-         SELECT status::text, currency, count(*), sum(amount)::bigint FROM payments \
-         WHERE account_id = $1 AND status <> 'pending' GROUP BY status, currency",
+         SELECT status, currency, count(*), sum(amount)::bigint FROM payments \
+         WHERE account_id = $1 AND status <> 'pending' \
+           AND updated_at >= $2 AND updated_at < $3 GROUP BY status, currency",
     )
     .bind(account_id)
+    .bind(from)
+    .bind(to)
     .fetch_all(&mut primary)
     .await
     .unwrap();
@@ -206,10 +224,23 @@ async fn workers_metric(name: &str) -> f64 {
     sum
 }
 
+/// Compares the analytics API with SQL over the last `window` up to a moment from now,
+/// and over a range that ends before the account existed, which must be empty.
 async fn assert_analytics_match_postgres(account: &TestAccount) {
-    let expected = sql_totals(account.id).await;
+    let now = OffsetDateTime::now_utc();
+    let recent = (
+        now - time::Duration::hours(1),
+        now + time::Duration::minutes(1),
+    );
+    let expected = sql_totals(account.id, recent).await;
     assert!(!expected.is_empty());
-    assert_eq!(analytics_totals(account).await, expected);
+    assert_eq!(analytics_totals(account, recent).await, expected);
+
+    let before = (
+        now - time::Duration::hours(3),
+        now - time::Duration::hours(2),
+    );
+    assert!(analytics_totals(account, before).await.is_empty());
 }
 
 /// Once the pipeline has drained: ClickHouse counts each of the account's outbox events
@@ -230,11 +261,35 @@ async fn assert_delivered_exactly_once(account: &TestAccount, expected_events: O
 async fn every_payment_event_reaches_clickhouse_once_and_analytics_match_postgres() {
     let _serial = SERIAL.lock().await;
     let account = create_account("pipeline-e2e").await;
+    let published_before = workers_metric("outbox_events_published_total").await;
 
     let created = create_payments(&account, 300, 20).await;
 
     // Each payment was created and then settled: two events each.
-    assert_delivered_exactly_once(&account, Some(2 * created as i64)).await;
+    let events = assert_delivered_exactly_once(&account, Some(2 * created as i64)).await;
+    // Two relays shared the outbox and neither published a row the other had: without a
+    // failure, each event went to the stream once.
+    let published = workers_metric("outbox_events_published_total").await - published_before;
+    assert_eq!(published, events as f64, "events published more than once");
+
+    // The lag is in every worker's /readyz, and reaches zero once drained (each worker
+    // samples it every 2 s).
+    for base in env("TIERSTACK_WORKER_URLS").split(',') {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ready = loop {
+            let (status, ready) = get_json(&http(), &format!("{base}/readyz"), "").await;
+            assert_eq!(status, 200, "{ready}");
+            if ready["pipeline"]["outbox_backlog"] == 0 || Instant::now() > deadline {
+                break ready;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let pipeline = &ready["pipeline"];
+        assert_eq!(pipeline["outbox_backlog"], 0, "{ready}");
+        assert_eq!(pipeline["oldest_unpublished_age_seconds"], 0.0, "{ready}");
+        assert!(pipeline["stream_length"].is_u64(), "{ready}");
+        assert!(pipeline["stream_pending"].is_u64(), "{ready}");
+    }
 }
 
 #[tokio::test]
