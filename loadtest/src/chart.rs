@@ -178,7 +178,7 @@ fn nice_ceiling(value: f64) -> f64 {
 fn short(value: f64) -> String {
     if value >= 10_000.0 {
         format!("{:.0}k", value / 1000.0)
-    } else if value >= 10.0 || value == 0.0 {
+    } else if value >= 10.0 || value.fract() == 0.0 {
         format!("{value:.0}")
     } else {
         format!("{value:.1}")
@@ -202,5 +202,14 @@ mod tests {
         assert_eq!(nice_ceiling(130.0), 200.0);
         assert_eq!(nice_ceiling(450.0), 500.0);
         assert_eq!(nice_ceiling(1000.0), 1000.0);
+    }
+
+    #[test]
+    fn tick_labels_show_decimals_only_when_they_have_some() {
+        assert_eq!(short(0.0), "0");
+        assert_eq!(short(5.0), "5");
+        assert_eq!(short(2.5), "2.5");
+        assert_eq!(short(15.0), "15");
+        assert_eq!(short(20_000.0), "20k");
     }
 }
