@@ -4,14 +4,14 @@
 TIERCTL := deploy/local/tierctl
 SHELL := /bin/bash
 
-.PHONY: demo up down status smoke test lint bench-sessions bench-cache bench-outbox bench-oha toolchain
+.PHONY: demo up down status smoke test lint rules bench-sessions bench-cache bench-outbox bench-telemetry bench-oha toolchain
 
 ## demo: bring up the local tier (release build), run the load ladder 25/50/100/120 with its
 ## verdict, the side-by-side comparison with the hold-session mode, and 1000 users.
 demo: toolchain
 	loadtest/demo.sh
 
-## up / down / status / smoke: the local tier on ports 15400-15421.
+## up / down / status / smoke: the local tier on ports 15400-15431.
 up: toolchain
 	$(TIERCTL) up --tier local --profile release
 
@@ -24,9 +24,9 @@ status:
 smoke:
 	$(TIERCTL) smoke --tier local
 
-## test: lint, unit tests, then integration tests against a test tier (ports 16400-16421)
+## test: lint, unit tests, then integration tests against a test tier (ports 16400-16431)
 ## that it starts and stops itself. KEEP_TIER=1 leaves the tier running afterwards.
-test: toolchain lint
+test: toolchain lint rules
 	@set -euo pipefail; \
 	$(TIERCTL) up --tier test --profile debug; \
 	if [ "$${KEEP_TIER:-0}" != 1 ]; then trap '$(TIERCTL) down --tier test' EXIT; fi; \
@@ -36,6 +36,10 @@ test: toolchain lint
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+## rules: promtool checks and unit tests of the alerting rules; the dashboards' JSON.
+rules:
+	deploy/prometheus/check.sh
 
 ## bench-sessions: 100 concurrent clients creating payments, disciplined vs demonstration mode.
 bench-sessions: toolchain
@@ -48,6 +52,10 @@ bench-cache: toolchain
 ## bench-outbox: the payment ladder with the outbox on and off, and the pipeline's lag under it.
 bench-outbox: toolchain
 	loadtest/bench-outbox.sh
+
+## bench-telemetry: the ladder with telemetry exporting, sampled at 10 %, and off.
+bench-telemetry: toolchain
+	loadtest/bench-telemetry.sh
 
 ## bench-oha: the load tool's numbers against oha's, same endpoint and concurrency.
 bench-oha: toolchain

@@ -16,15 +16,15 @@ out=${OUT:-target/bench/cache-$(date -u +%Y%m%dT%H%M%SZ)}
 # shellcheck source=loadtest/bench-common.sh
 . loadtest/bench-common.sh
 
-# Sum of one counter over the api instances.
-counter() {
-  python3 - "$TIERSTACK_API_URLS" "$1" <<'PY'
+# Sum over the api instances (their admin ports) of the cache lookups with one result.
+lookups() {
+  python3 - "$TIERSTACK_API_ADMIN_URLS" "$1" <<'PY'
 import sys, urllib.request
-total = 0.0
+total, series = 0.0, 'tierstack_cache_lookups_total{tierstack_cache_result="%s"} ' % sys.argv[2]
 for base in sys.argv[1].split(","):
     for line in urllib.request.urlopen(base + "/metrics", timeout=5).read().decode().splitlines():
-        if line.startswith(sys.argv[2] + " "):
-            total += float(line.split()[1])
+        if line.startswith(series):
+            total += float(line.split()[-1])
 print(total)
 PY
 }
@@ -41,8 +41,8 @@ trap 'restart_api' EXIT
 echo "== cache on"
 restart_api
 ladder cache-on
-hits=$(counter payment_cache_hits_total)
-misses=$(counter payment_cache_misses_total)
+hits=$(lookups hit)
+misses=$(lookups miss)
 echo "cache hits $hits, misses $misses"
 
 echo "== cache off"

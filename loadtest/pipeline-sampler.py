@@ -40,11 +40,11 @@ def scrape(bases):
 
 def main():
     bases, stop_file, out = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
-    peaks = {k: 0.0 for k in ("outbox_backlog", "outbox_oldest_unpublished_age_seconds",
-                              "stream_length", "stream_pending")}
+    peaks = {k: 0.0 for k in ("tierstack_outbox_backlog", "tierstack_outbox_oldest_age_seconds",
+                              "tierstack_stream_length", "tierstack_stream_pending")}
     start = time.monotonic()
     first, _ = scrape(bases)
-    inserted_start = first.get("clickhouse_events_inserted_total", 0.0)
+    inserted_start = first.get("tierstack_clickhouse_rows_inserted_total", 0.0)
     samples, load_end, drained_at, inserted_at_load_end = 0, None, None, None
     while True:
         sums, maxes = scrape(bases)
@@ -54,9 +54,9 @@ def main():
         now = time.monotonic()
         if load_end is None and os.path.exists(stop_file):
             load_end = now
-            inserted_at_load_end = sums.get("clickhouse_events_inserted_total", 0.0)
+            inserted_at_load_end = sums.get("tierstack_clickhouse_rows_inserted_total", 0.0)
         if load_end is not None:
-            idle = maxes.get("outbox_backlog", 1) == 0 and maxes.get("stream_length", 1) == 0
+            idle = maxes.get("tierstack_outbox_backlog", 1) == 0 and maxes.get("tierstack_stream_length", 1) == 0
             if idle or now - load_end > DRAIN_LIMIT_S:
                 drained_at = now if idle else None
                 break
@@ -67,10 +67,10 @@ def main():
         "samples": samples,
         "events_inserted": inserted_at_load_end - inserted_start,
         "events_per_second": (inserted_at_load_end - inserted_start) / seconds,
-        "max_outbox_backlog": peaks["outbox_backlog"],
-        "max_oldest_unpublished_s": peaks["outbox_oldest_unpublished_age_seconds"],
-        "max_stream_length": peaks["stream_length"],
-        "max_stream_pending": peaks["stream_pending"],
+        "max_outbox_backlog": peaks["tierstack_outbox_backlog"],
+        "max_oldest_unpublished_s": peaks["tierstack_outbox_oldest_age_seconds"],
+        "max_stream_length": peaks["tierstack_stream_length"],
+        "max_stream_pending": peaks["tierstack_stream_pending"],
         # None when the pipeline did not become idle within the limit.
         "drain_seconds": None if drained_at is None else drained_at - load_end,
     }

@@ -16,7 +16,6 @@ use platform::problem::{FieldError, Problem, ProblemType};
 use platform::redis::Redis;
 use platform::shutdown::Shutdown;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -27,7 +26,7 @@ use crate::cache::PaymentCache;
 use crate::config::ApiConfig;
 use crate::psp::PspClient;
 use crate::ratelimit::{self, RateLimiter};
-use crate::routes::{analytics, health, metrics, payments};
+use crate::routes::{analytics, health, payments};
 
 /// Everything a handler may use. Note what is absent: no pool and no connection. Handlers
 /// reach the database only through [`Database`]'s session closures.
@@ -175,9 +174,11 @@ pub fn router(state: AppState) -> Router {
     doc.merge(health_doc);
     let doc = Arc::new(doc);
 
-    payment_routes
-        .merge(health_routes)
-        .route("/metrics", get(metrics::render))
+    let mut routes = payment_routes.merge(health_routes);
+    if state.config.admin_listen.is_none() {
+        routes = routes.route("/metrics", get(platform::telemetry::metrics_page));
+    }
+    routes
         .route(
             "/openapi.json",
             get(move || {
@@ -199,13 +200,19 @@ pub fn router(state: AppState) -> Router {
             tracing::error!("handler panicked");
             Problem::internal().into_response()
         }))
-        // Request spans and failure events at debug: an overloaded instance answers many
-        // 503s on purpose, and one log line each would add load exactly when it hurts.
-        // Failures that matter are logged where they happen, with their cause.
-        .layer(
-            TraceLayer::new_for_http()
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        )
+        // A server span and the http.server.* metrics per request. No log line per
+        // request or per failure: an overloaded instance answers many 503s on purpose,
+        // and one line each would add load exactly when it hurts. Failures that matter are
+        // logged where they happen, with their cause.
+        .layer(axum::middleware::from_fn(platform::telemetry::http_server))
+        .with_state(state)
+}
+
+/// The admin listener's routes: metrics and probes, nothing a client may call.
+pub fn admin_router(state: AppState) -> Router {
+    let (health_routes, _) = probe_routes().split_for_parts();
+    health_routes
+        .route("/metrics", get(platform::telemetry::metrics_page))
         .with_state(state)
 }
 

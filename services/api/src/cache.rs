@@ -158,7 +158,7 @@ impl PaymentCache {
     async fn lookup(&self, redis: &Redis, account_id: Uuid, payment_id: Uuid) -> Lookup {
         let cache_key = key(account_id, payment_id);
         let cached = redis
-            .call(|mut c| {
+            .call("cache.get", |mut c| {
                 let cache_key = cache_key.clone();
                 async move {
                     redis::cmd("HGET")
@@ -198,7 +198,9 @@ impl PaymentCache {
             .arg(json)
             .arg(self.ttl.as_secs().max(1));
         match redis
-            .call(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
+            .call("cache.fill", |mut c| async move {
+                invocation.invoke_async::<i64>(&mut c).await
+            })
             .await
         {
             Ok(1) => {

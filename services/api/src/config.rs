@@ -13,6 +13,10 @@ use platform::redis::RedisConfig;
 pub struct ApiConfig {
     /// `API_LISTEN` (default `0.0.0.0:8080`).
     pub listen: SocketAddr,
+    /// `API_ADMIN_LISTEN` (default unset): a second listener for `/metrics`, `/livez` and
+    /// `/readyz`, for Prometheus to scrape without going through the load balancer. When it
+    /// is set, the main listener no longer serves `/metrics`.
+    pub admin_listen: Option<SocketAddr>,
     /// `API_ADMISSION_LIMIT` (default 256): requests in flight per process before new ones
     /// are answered 503 `overloaded`.
     pub admission_limit: usize,
@@ -69,6 +73,14 @@ impl ApiConfig {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             listen: var_or("API_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            admin_listen: match std::env::var("API_ADMIN_LISTEN") {
+                Ok(value) if !value.trim().is_empty() => {
+                    Some(value.trim().parse().map_err(|e| {
+                        anyhow::anyhow!("API_ADMIN_LISTEN={value:?} is not an address: {e}")
+                    })?)
+                }
+                _ => None,
+            },
             admission_limit: var_or("API_ADMISSION_LIMIT", 256)?,
             request_deadline: millis_or("API_REQUEST_DEADLINE_MS", 10_000)?,
             max_body_bytes: var_or("API_MAX_BODY_BYTES", 16 * 1024)?,

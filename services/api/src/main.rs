@@ -50,16 +50,18 @@ enum AccountsCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    platform::telemetry::init();
+    let telemetry = platform::telemetry::init("api");
     match Cli::parse().command {
         Command::Serve => {
             let config = ApiConfig::from_env()?;
             let shutdown = Shutdown::new();
             shutdown.stop_on_signal(config.shutdown_drain);
-            Application::build(config, shutdown)
+            let outcome = Application::build(config, shutdown)
                 .await?
                 .run_until_stopped()
-                .await
+                .await;
+            telemetry.shutdown();
+            outcome
         }
         Command::Migrate { database_url } => {
             let mut connection = sqlx::PgConnection::connect(&database_url)

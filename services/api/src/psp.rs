@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde::Deserialize;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::config::PspConfig;
@@ -71,13 +72,43 @@ impl PspClient {
             if attempt > 1 {
                 tokio::time::sleep(self.backoff(attempt - 1)).await;
             }
+            // One client span per attempt; its context goes to the processor in
+            // `traceparent`, so the processor's span is its child.
+            let span = tracing::info_span!(
+                "psp.charge",
+                otel.name = "POST /v1/charges",
+                otel.kind = "client",
+                http.request.method = "POST",
+                url.full = %self.charges_url,
+                http.request.resend_count = attempt - 1,
+                http.response.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            let mut headers = reqwest::header::HeaderMap::new();
+            span.in_scope(|| platform::telemetry::inject(&mut headers));
             let sent = self
                 .http
                 .post(&self.charges_url)
+                .headers(headers)
                 .header("Idempotency-Key", payment_id.to_string())
                 .json(&body)
                 .send()
+                .instrument(span.clone())
                 .await;
+            match &sent {
+                Ok(response) => {
+                    span.record(
+                        "http.response.status_code",
+                        i64::from(response.status().as_u16()),
+                    );
+                    if response.status().is_server_error() {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
+                Err(_) => {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
 
             let response = match sent {
                 Ok(response) => response,

@@ -212,7 +212,9 @@ impl RateLimiter {
             .arg(limit.emission_ms())
             .arg(limit.tolerance_ms());
         let reply: Vec<i64> = redis
-            .call(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .call("ratelimit.check", |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
             .await
             .ok()?;
         let [allowed, remaining, reset_ms, retry_ms] = reply[..] else {

@@ -8,7 +8,7 @@ use platform::db::Database;
 use platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
-use crate::app::{AppState, router};
+use crate::app::{AppState, admin_router, router};
 use crate::config::ApiConfig;
 
 /// How often readiness probes the database, and how often a failed replica is retried.
@@ -17,6 +17,7 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A built service, bound to its port but not yet serving.
 pub struct Application {
     listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -24,12 +25,28 @@ impl Application {
     /// Binds the listener (port 0 picks a free one) and prepares the pools. Does not wait
     /// for the database: an instance may start before it and report not-ready.
     pub async fn build(config: ApiConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+        // Idempotent: `main` has done this already; tests that build the service in
+        // process get the same telemetry through here.
+        platform::telemetry::init("api");
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let admin_listener = match config.admin_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (API_ADMIN_LISTEN)"))?,
+            ),
+            None => None,
+        };
         let db = Database::connect(config.db.clone(), "tierstack-api")?;
         let state = AppState::new(config, db, shutdown)?;
-        Ok(Self { listener, state })
+        crate::routes::metrics::register(&state);
+        Ok(Self {
+            listener,
+            admin_listener,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -49,6 +66,17 @@ impl Application {
         state.start_readiness_probe(PROBE_INTERVAL).await;
         tokio::spawn(state.db.clone().watch_replicas(PROBE_INTERVAL));
 
+        if let Some(admin) = self.admin_listener {
+            let (router, shutdown) = (admin_router(state.clone()), state.shutdown.clone());
+            tracing::info!(admin = %admin.local_addr()?, "admin listener serving /metrics");
+            // The admin port stays up through the drain and closes with the process: a
+            // scrape during shutdown still sees the last numbers.
+            tokio::spawn(async move {
+                let _ = axum::serve(admin, router)
+                    .with_graceful_shutdown(shutdown.stopping())
+                    .await;
+            });
+        }
         tracing::info!(
             listen = %self.listener.local_addr()?,
             admission_limit = state.config.admission_limit,

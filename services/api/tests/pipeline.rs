@@ -215,11 +215,7 @@ async fn workers_metric(name: &str) -> f64 {
             continue;
         };
         let text = response.text().await.unwrap_or_default();
-        sum += text
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
+        sum += parse_metric(&text, name, &[]).unwrap_or(0.0);
     }
     sum
 }
@@ -261,7 +257,7 @@ async fn assert_delivered_exactly_once(account: &TestAccount, expected_events: O
 async fn every_payment_event_reaches_clickhouse_once_and_analytics_match_postgres() {
     let _serial = SERIAL.lock().await;
     let account = create_account("pipeline-e2e").await;
-    let published_before = workers_metric("outbox_events_published_total").await;
+    let published_before = workers_metric("tierstack_outbox_published_total").await;
 
     let created = create_payments(&account, 300, 20).await;
 
@@ -269,7 +265,7 @@ async fn every_payment_event_reaches_clickhouse_once_and_analytics_match_postgre
     let events = assert_delivered_exactly_once(&account, Some(2 * created as i64)).await;
     // Two relays shared the outbox and neither published a row the other had: without a
     // failure, each event went to the stream once.
-    let published = workers_metric("outbox_events_published_total").await - published_before;
+    let published = workers_metric("tierstack_outbox_published_total").await - published_before;
     assert_eq!(published, events as f64, "events published more than once");
 
     // The lag is in every worker's /readyz, and reaches zero once drained (each worker
@@ -301,7 +297,7 @@ async fn redelivered_events_are_stored_twice_but_counted_once() {
 
     // What a relay that died between XADD and marking its batch does: publish the same
     // rows again. Every event then reaches ClickHouse a second time.
-    let inserted_before = workers_metric("clickhouse_events_inserted_total").await;
+    let inserted_before = workers_metric("tierstack_clickhouse_rows_inserted_total").await;
     let mut primary = connect(&Tier::primary_url()).await;
     sqlx::query("UPDATE outbox SET published_at = NULL WHERE account_id = $1")
         .bind(account.id)
@@ -309,7 +305,8 @@ async fn redelivered_events_are_stored_twice_but_counted_once() {
         .await
         .unwrap();
     assert_delivered_exactly_once(&account, Some(outbox)).await;
-    let inserted = workers_metric("clickhouse_events_inserted_total").await - inserted_before;
+    let inserted =
+        workers_metric("tierstack_clickhouse_rows_inserted_total").await - inserted_before;
 
     assert!(
         inserted >= outbox as f64,

@@ -342,7 +342,7 @@ async fn with_redis_down_the_api_keeps_answering_and_returns_to_redis_when_it_is
         1,
     )
     .await;
-    let local_before = tier_metric("rate_limit_local_decisions_total").await;
+    let local_before = tier_metric("tierstack_rate_limit_local_decisions_total", &[]).await;
 
     tierctl(&["stop-component", "redis"]);
     let mut slowest = Duration::ZERO;
@@ -366,8 +366,8 @@ async fn with_redis_down_the_api_keeps_answering_and_returns_to_redis_when_it_is
         &payment_body(501),
     )
     .await;
-    let redis_available = tier_metric("redis_available").await;
-    let local_after = tier_metric("rate_limit_local_decisions_total").await;
+    let breakers_open = tier_metric(BREAKER_OPEN, &[]).await;
+    let local_after = tier_metric("tierstack_rate_limit_local_decisions_total", &[]).await;
     tierctl(&["start-component", "redis"]);
 
     assert_eq!(status, 201, "a payment failed with Redis down");
@@ -375,7 +375,7 @@ async fn with_redis_down_the_api_keeps_answering_and_returns_to_redis_when_it_is
         slowest < Duration::from_millis(500),
         "slowest read {slowest:?}"
     );
-    assert_eq!(redis_available, 0.0, "the breaker did not open");
+    assert_eq!(breakers_open, 2.0, "the breakers did not open");
     assert!(
         local_after > local_before,
         "limits did not fall back to local"
@@ -388,7 +388,7 @@ async fn with_redis_down_the_api_keeps_answering_and_returns_to_redis_when_it_is
         for _ in 0..4 {
             let _ = client.get(&url).bearer_auth(&account.api_key).send().await;
         }
-        if tier_metric("redis_available").await == 2.0 {
+        if tier_metric(BREAKER_OPEN, &[]).await == 0.0 {
             break;
         }
         assert!(
@@ -397,7 +397,7 @@ async fn with_redis_down_the_api_keeps_answering_and_returns_to_redis_when_it_is
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let hits_before = tier_metric("payment_cache_hits_total").await;
+    let hits_before = tier_metric(CACHE_LOOKUPS, HIT).await;
     for _ in 0..6 {
         let response = client
             .get(&url)
@@ -407,7 +407,7 @@ async fn with_redis_down_the_api_keeps_answering_and_returns_to_redis_when_it_is
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let hits_after = tier_metric("payment_cache_hits_total").await;
+    let hits_after = tier_metric(CACHE_LOOKUPS, HIT).await;
     assert!(
         hits_after >= hits_before + 4.0,
         "{hits_before} -> {hits_after}"
@@ -461,7 +461,7 @@ async fn no_reader_sees_the_old_status_after_a_payment_settles() {
     .unwrap();
     wait_on_replica("SELECT count(*) FROM payments WHERE id = $1", payment_id, 1).await;
     let url = format!("{base}/v1/payments/{payment_id}");
-    let hits_before = tier_metric("payment_cache_hits_total").await;
+    let hits_before = tier_metric(CACHE_LOOKUPS, HIT).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..8)
@@ -515,7 +515,7 @@ async fn no_reader_sees_the_old_status_after_a_payment_settles() {
     assert!(before > 0, "the readers never saw the pending payment");
     assert!(after > 0, "no read happened after settlement");
     assert!(
-        tier_metric("payment_cache_hits_total").await > hits_before,
+        tier_metric(CACHE_LOOKUPS, HIT).await > hits_before,
         "the reads were not served by the cache"
     );
 }

@@ -7,11 +7,14 @@
 //! with 503 `deadline-exceeded` instead of holding the client for as long as the slowest
 //! dependency allows.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::BoxError;
 use axum::error_handling::HandleErrorLayer;
 use axum::response::{IntoResponse, Response};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
 use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -39,6 +42,10 @@ type ErrorHandler = fn(BoxError) -> std::future::Ready<Response>;
 /// The global limit matters: axum applies a layer to each route separately, and a plain
 /// concurrency limit would give every route a limit of its own.
 pub fn layer(admission_limit: usize, deadline: Duration) -> AdmissionLayer {
+    // Both reasons start at zero, so the series exist before the first refusal.
+    for reason in ["overloaded", "deadline_exceeded"] {
+        shed_counter().add(0, &[KeyValue::new("tierstack.admission.reason", reason)]);
+    }
     ServiceBuilder::new()
         .layer(HandleErrorLayer::new(rejection as ErrorHandler))
         .layer(LoadShedLayer::new())
@@ -47,7 +54,30 @@ pub fn layer(admission_limit: usize, deadline: Duration) -> AdmissionLayer {
 }
 
 fn rejection(error: BoxError) -> std::future::Ready<Response> {
+    let reason = if error.is::<tower::load_shed::error::Overloaded>() {
+        "overloaded"
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        "deadline_exceeded"
+    } else {
+        "error"
+    };
+    shed_counter().add(1, &[KeyValue::new("tierstack.admission.reason", reason)]);
     std::future::ready(problem_for(&error).into_response())
+}
+
+/// `tierstack.admission.shed`: requests answered 503 by admission control, by reason.
+fn shed_counter() -> &'static Counter<u64> {
+    static SHED: OnceLock<Counter<u64>> = OnceLock::new();
+    SHED.get_or_init(|| {
+        crate::telemetry::meter()
+            .u64_counter("tierstack.admission.shed")
+            .with_unit("{request}")
+            .with_description(
+                "Requests refused by admission control: overloaded (in-flight limit) or \
+                 deadline_exceeded.",
+            )
+            .build()
+    })
 }
 
 fn problem_for(error: &BoxError) -> Problem {

@@ -9,9 +9,12 @@
 //!   transaction and *is the whole session*: the connection is acquired just before the
 //!   closure runs and released as soon as it returns. The closure must not call the network
 //!   or sleep; do that between two sessions.
-//! - Every session's hold time is measured (`session_hold_time`) and a session held longer
-//!   than the configured threshold is logged at `warn`, so a regression shows up in logs and
-//!   metrics before it shows up as pool timeouts.
+//! - Every session is a span (`db.session`, with its hold time), and its hold time and the
+//!   wait for its connection are recorded per pool as `db.client.connection.use_time` and
+//!   `db.client.connection.wait_time`, beside the pool's connection counts, pending
+//!   requests and timeouts: the semantic conventions' connection-pool metrics. A session
+//!   held longer than the configured threshold is logged at `warn`, so a regression shows up
+//!   in logs and metrics before it shows up as pool timeouts.
 //! - Writes go through PgBouncer in transaction pooling mode. PgBouncer 1.18 cannot track
 //!   protocol-level prepared statements, and sqlx sends Parse/Describe and Bind/Execute in
 //!   separate round trips, so a statement outside a transaction can land on two different
@@ -25,15 +28,18 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tracing::Instrument as _;
 
-use crate::config;
+use crate::{config, telemetry};
 
 /// The future a session closure returns. Boxed so that the closure can borrow the
 /// connection for exactly the session's lifetime.
@@ -170,6 +176,140 @@ struct Inner {
     on_primary_fallback: AtomicBool,
     config: DbConfig,
     stats: SessionStats,
+    instruments: PoolInstruments,
+}
+
+/// The semantic conventions' connection-pool instruments, attributed by pool name.
+struct PoolInstruments {
+    wait_time: Histogram<f64>,
+    use_time: Histogram<f64>,
+    timeouts: Counter<u64>,
+    pending: UpDownCounter<i64>,
+    over_hold_warn: Counter<u64>,
+    writer: [KeyValue; 1],
+    reader: [KeyValue; 1],
+}
+
+impl PoolInstruments {
+    fn new() -> Self {
+        let meter = telemetry::meter();
+        Self {
+            wait_time: meter
+                .f64_histogram("db.client.connection.wait_time")
+                .with_unit("s")
+                .with_description("The time it took to obtain an open connection from the pool.")
+                .with_boundaries(telemetry::SHORT_DURATION_BUCKETS.to_vec())
+                .build(),
+            use_time: meter
+                .f64_histogram("db.client.connection.use_time")
+                .with_unit("s")
+                .with_description(
+                    "The time between borrowing a connection and returning it to the pool: \
+                     the database session's hold time.",
+                )
+                .with_boundaries(telemetry::SHORT_DURATION_BUCKETS.to_vec())
+                .build(),
+            timeouts: meter
+                .u64_counter("db.client.connection.timeouts")
+                .with_unit("{timeout}")
+                .with_description(
+                    "Connection requests that timed out before a connection was free.",
+                )
+                .build(),
+            pending: meter
+                .i64_up_down_counter("db.client.connection.pending_requests")
+                .with_unit("{request}")
+                .with_description("Requests waiting for an open connection.")
+                .build(),
+            over_hold_warn: meter
+                .u64_counter("tierstack.db.session.over_hold_warn")
+                .with_unit("{session}")
+                .with_description("Sessions held longer than DB_SESSION_HOLD_WARN_MS.")
+                .build(),
+            writer: [KeyValue::new(POOL_NAME, "writer")],
+            reader: [KeyValue::new(POOL_NAME, "reader")],
+        }
+    }
+
+    fn attributes(&self, which: SessionPool) -> &[KeyValue] {
+        match which {
+            SessionPool::Replica => &self.reader,
+            SessionPool::Writer | SessionPool::PrimaryFallback => &self.writer,
+        }
+    }
+}
+
+const POOL_NAME: &str = "db.client.connection.pool.name";
+
+/// Observes the pools' connection counts and limits at each collection. The callbacks hold
+/// the database weakly: a closed `Database` stops being reported instead of living forever.
+fn observe_pools(inner: &Arc<Inner>) {
+    let meter = telemetry::meter();
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    meter
+        .i64_observable_up_down_counter("db.client.connection.count")
+        .with_unit("{connection}")
+        .with_description("Open connections, by state (idle or used).")
+        .with_callback(move |observer| {
+            let Some(inner) = weak.upgrade() else { return };
+            let (writer_open, writer_idle) = (inner.writer.size(), inner.writer.num_idle());
+            let (mut reader_open, mut reader_idle) = (0u32, 0usize);
+            for replica in &inner.replicas {
+                reader_open += replica.pool.size();
+                reader_idle += replica.pool.num_idle();
+            }
+            let observe = |pool: &'static str, open: u32, idle: usize| {
+                let idle = idle as i64;
+                let used = (i64::from(open) - idle).max(0);
+                for (state, value) in [("idle", idle), ("used", used)] {
+                    observer.observe(
+                        value,
+                        &[
+                            KeyValue::new(POOL_NAME, pool),
+                            KeyValue::new("db.client.connection.state", state),
+                        ],
+                    );
+                }
+            };
+            observe("writer", writer_open, writer_idle);
+            if !inner.replicas.is_empty() {
+                observe("reader", reader_open, reader_idle);
+            }
+        })
+        .build();
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    meter
+        .i64_observable_up_down_counter("db.client.connection.max")
+        .with_unit("{connection}")
+        .with_description("The most open connections the pool allows.")
+        .with_callback(move |observer| {
+            let Some(inner) = weak.upgrade() else { return };
+            observer.observe(
+                i64::from(inner.config.writer_pool_size),
+                &[KeyValue::new(POOL_NAME, "writer")],
+            );
+            if !inner.replicas.is_empty() {
+                let max = i64::from(inner.config.reader_pool_size) * inner.replicas.len() as i64;
+                observer.observe(max, &[KeyValue::new(POOL_NAME, "reader")]);
+            }
+        })
+        .build();
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    meter
+        .u64_observable_counter("tierstack.db.reads")
+        .with_unit("{session}")
+        .with_description("Read sessions, by where they ran (replica or primary).")
+        .with_callback(move |observer| {
+            let Some(inner) = weak.upgrade() else { return };
+            let stats = &inner.stats;
+            for (target, value) in [
+                ("replica", stats.reads_on_replica.load(Ordering::Relaxed)),
+                ("primary", stats.reads_on_primary.load(Ordering::Relaxed)),
+            ] {
+                observer.observe(value, &[KeyValue::new("tierstack.db.read.target", target)]);
+            }
+        })
+        .build();
 }
 
 /// The service's handle to PostgreSQL. Cheap to clone.
@@ -248,10 +388,22 @@ impl Database {
             on_primary_fallback: AtomicBool::new(false),
             config,
             stats: SessionStats::default(),
+            instruments: PoolInstruments::new(),
         };
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        // Counters start at zero, so a dashboard or an alert sees a series (at 0) before
+        // the first timeout rather than no data.
+        let instruments = &inner.instruments;
+        let mut pools = vec![&instruments.writer];
+        if !inner.replicas.is_empty() {
+            pools.push(&instruments.reader);
+        }
+        for attributes in pools {
+            instruments.timeouts.add(0, attributes);
+            instruments.over_hold_warn.add(0, attributes);
+        }
+        observe_pools(&inner);
+        Ok(Self { inner })
     }
 
     pub fn config(&self) -> &DbConfig {
@@ -485,8 +637,39 @@ async fn run_session<T, F>(
 where
     F: for<'c> FnOnce(&'c mut PgConnection) -> SessionFuture<'c, T>,
 {
-    let mut connection = pool.acquire().await?;
+    let instruments = &inner.instruments;
+    let attributes = instruments.attributes(which);
+    // A session outside any span (a background poll) starts no trace of its own.
+    let span = telemetry::child_span(|| {
+        tracing::info_span!(
+            "db.session",
+            otel.name = label,
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.client.connection.pool.name = which.as_str(),
+            tierstack.db.session.hold_ms = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    });
+
+    let asked_at = Instant::now();
+    instruments.pending.add(1, attributes);
+    let acquired = pool.acquire().instrument(span.clone()).await;
+    instruments.pending.add(-1, attributes);
+    let mut connection = match acquired {
+        Ok(connection) => connection,
+        Err(error) => {
+            if matches!(error, sqlx::Error::PoolTimedOut) {
+                instruments.timeouts.add(1, attributes);
+            }
+            span.record("otel.status_code", "ERROR");
+            return Err(error);
+        }
+    };
     let acquired_at = Instant::now();
+    instruments
+        .wait_time
+        .record((acquired_at - asked_at).as_secs_f64(), attributes);
 
     let outcome = async {
         // The BEGIN text is built in `Database::connect` from two integers only.
@@ -496,10 +679,18 @@ where
         transaction.commit().await?;
         Ok(value)
     }
+    .instrument(span.clone())
     .await;
 
     drop(connection);
-    record_hold(inner, which, label, acquired_at.elapsed());
+    let held = acquired_at.elapsed();
+    instruments.use_time.record(held.as_secs_f64(), attributes);
+    span.record("tierstack.db.session.hold_ms", held.as_secs_f64() * 1000.0);
+    if outcome.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    let _entered = span.enter();
+    record_hold(inner, which, label, held);
     outcome
 }
 
@@ -519,6 +710,10 @@ fn record_hold(inner: &Inner, which: SessionPool, label: &'static str, held: Dur
         stats
             .sessions_over_hold_warn
             .fetch_add(1, Ordering::Relaxed);
+        inner
+            .instruments
+            .over_hold_warn
+            .add(1, inner.instruments.attributes(which));
         tracing::warn!(
             session = label,
             pool = which.as_str(),

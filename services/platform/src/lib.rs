@@ -7,16 +7,14 @@
 //! - [`analytics`]: the ClickHouse table of payment events and the query that reads it.
 //! - [`admission`]: the in-flight limit and request deadline that make overload fail fast.
 //! - [`redis`]: Redis behind a timeout and a circuit breaker.
-//! - [`prometheus`]: the `/metrics` page in the Prometheus text format.
 //! - [`shutdown`]: SIGTERM handling, readiness, and draining.
-//! - [`telemetry`]: structured logging.
+//! - [`telemetry`]: logs, traces and metrics (OpenTelemetry, OTLP and Prometheus).
 
 pub mod admission;
 pub mod analytics;
 pub mod config;
 pub mod db;
 pub mod problem;
-pub mod prometheus;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;

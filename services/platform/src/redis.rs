@@ -6,16 +6,21 @@
 //! success closes the breaker. Callers treat a refused or failed call as "Redis is not
 //! there" and degrade (the cache is bypassed, rate limits become local). The switch is
 //! logged once each way, not per request.
+//!
+//! Each call is a client span named by its caller; the breaker's state and counts are
+//! observed as `tierstack.circuit_breaker.*` metrics with `tierstack.dependency = "redis"`.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deadpool_redis::{Pool, Runtime};
+use opentelemetry::KeyValue;
+use tracing::Instrument as _;
 
-use crate::config;
+use crate::{config, telemetry};
 
 /// `REDIS_*` settings.
 #[derive(Debug, Clone)]
@@ -190,13 +195,15 @@ impl Redis {
             .runtime(Runtime::Tokio1)
             .build()
             .context("cannot build the Redis pool")?;
+        let breaker = Arc::new(Breaker::new(
+            config.breaker_failures,
+            config.breaker_cooldown,
+        ));
+        observe_breaker(&breaker);
         Ok(Some(Self {
             pool,
             timeout: config.timeout,
-            breaker: Arc::new(Breaker::new(
-                config.breaker_failures,
-                config.breaker_cooldown,
-            )),
+            breaker,
         }))
     }
 
@@ -210,8 +217,37 @@ impl Redis {
     }
 
     /// Runs one Redis operation on a pooled connection, within the timeout and behind the
-    /// breaker.
-    pub async fn call<T, F, Fut>(&self, operation: F) -> Result<T, RedisError>
+    /// breaker. `name` names the call's span (`cache.get`, `ratelimit.check`, ...).
+    pub async fn call<T, F, Fut>(&self, name: &'static str, operation: F) -> Result<T, RedisError>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        // A call made outside any span (a background poll) starts no trace of its own.
+        let span = telemetry::child_span(|| {
+            tracing::info_span!(
+                "redis",
+                otel.name = name,
+                otel.kind = "client",
+                db.system.name = "redis",
+                error.type = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        });
+        let result = self.call_inner(operation).instrument(span.clone()).await;
+        if let Err(error) = &result {
+            let kind = match error {
+                RedisError::Bypassed => "circuit_open",
+                RedisError::Timeout => "timeout",
+                RedisError::Failed(_) => "failed",
+            };
+            span.record("error.type", kind);
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn call_inner<T, F, Fut>(&self, operation: F) -> Result<T, RedisError>
     where
         F: FnOnce(deadpool_redis::Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -240,6 +276,63 @@ impl Redis {
         }
         result
     }
+}
+
+/// Observes a breaker's state and counts at each metrics collection.
+fn observe_breaker(breaker: &Arc<Breaker>) {
+    let meter = telemetry::meter();
+    let dependency = || [KeyValue::new("tierstack.dependency", "redis")];
+    let weak: Weak<Breaker> = Arc::downgrade(breaker);
+    meter
+        .i64_observable_gauge("tierstack.circuit_breaker.open")
+        .with_description("1 while the circuit breaker is open and calls are refused.")
+        .with_callback(move |observer| {
+            if let Some(breaker) = weak.upgrade() {
+                let open = breaker.open.load(Ordering::Acquire);
+                observer.observe(i64::from(open), &dependency());
+            }
+        })
+        .build();
+    let weak: Weak<Breaker> = Arc::downgrade(breaker);
+    meter
+        .u64_observable_counter("tierstack.circuit_breaker.opened")
+        .with_unit("{opening}")
+        .with_description("Times the circuit breaker opened.")
+        .with_callback(move |observer| {
+            if let Some(breaker) = weak.upgrade() {
+                let opened = breaker.stats.opened_total.load(Ordering::Relaxed);
+                observer.observe(opened, &dependency());
+            }
+        })
+        .build();
+    let weak: Weak<Breaker> = Arc::downgrade(breaker);
+    meter
+        .u64_observable_counter("tierstack.dependency.calls.failed")
+        .with_unit("{call}")
+        .with_description(
+            "Calls that did not get an answer: failed, timed out, or refused by the open breaker.",
+        )
+        .with_callback(move |observer| {
+            if let Some(breaker) = weak.upgrade() {
+                let stats = &breaker.stats;
+                for (outcome, value) in [
+                    ("failed", stats.calls_failed_total.load(Ordering::Relaxed)),
+                    (
+                        "bypassed",
+                        stats.calls_bypassed_total.load(Ordering::Relaxed),
+                    ),
+                ] {
+                    observer.observe(
+                        value,
+                        &[
+                            KeyValue::new("tierstack.dependency", "redis"),
+                            KeyValue::new("tierstack.call.outcome", outcome),
+                        ],
+                    );
+                }
+            }
+        })
+        .build();
 }
 
 #[cfg(test)]

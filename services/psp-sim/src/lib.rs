@@ -194,6 +194,10 @@ pub fn router(state: SimState) -> Router {
         .route("/v1/charges/summary", get(summary))
         .route("/admin/behaviour", get(get_behaviour).put(put_behaviour))
         .route("/livez", get(|| async { "ok" }))
+        .route("/metrics", get(platform::telemetry::metrics_page))
+        // The processor's own server span, a child of the api's call, and its request
+        // metrics.
+        .layer(axum::middleware::from_fn(platform::telemetry::http_server))
         .with_state(state)
 }
 

@@ -15,7 +15,7 @@ struct Cli {}
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     Cli::parse();
-    platform::telemetry::init();
+    let telemetry = platform::telemetry::init("psp-sim");
 
     let listen = platform::config::var_or("PSP_SIM_LISTEN", "127.0.0.1:9090".to_owned())?;
     let behaviour = Behaviour::from_env()?;
@@ -33,5 +33,6 @@ async fn main() -> anyhow::Result<()> {
         std::time::Duration::from_secs(5),
     )
     .await?;
+    telemetry.shutdown();
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The worker's admin port: `/livez`, `/readyz` with the pipeline's lag, and `/metrics`.
+//! The worker's admin port: `/livez`, `/readyz` with the pipeline's lag, and `/metrics`
+//! (OpenTelemetry metrics in the Prometheus format).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +10,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use platform::prometheus::MetricsText;
+use opentelemetry::metrics::Meter;
 use platform::redis::Redis;
 use serde_json::json;
 
 use crate::consumer::ConsumerStats;
-use crate::monitor::LagMonitor;
+use crate::monitor::{Lag, LagMonitor};
 use crate::relay::RelayStats;
 
 #[derive(Clone)]
@@ -29,7 +30,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(platform::telemetry::metrics_page))
         .with_state(state)
 }
 
@@ -53,114 +54,145 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(state): State<AdminState>) -> MetricsText {
+/// Registers the worker's own instruments: each one reads the counters and the last lag
+/// sample at collection time, for `/metrics` and the OTLP exporter alike.
+pub fn register_metrics(state: &AdminState) {
+    let meter = platform::telemetry::meter();
     let (relay, consumer) = (&state.relay, &state.consumer);
-    let counters: [(&str, &str, &AtomicU64); 9] = [
+    let relay_counters: [(&'static str, &'static str, &'static str, Field<RelayStats>); 4] = [
         (
-            "outbox_events_published_total",
+            "tierstack.outbox.published",
+            "{event}",
             "Outbox events published to the stream.",
-            &relay.events_published_total,
+            |r| &r.events_published_total,
         ),
         (
-            "outbox_relay_batches_total",
+            "tierstack.outbox.relay.batches",
+            "{batch}",
             "Relay batches published.",
-            &relay.batches_total,
+            |r| &r.batches_total,
         ),
         (
-            "outbox_relay_failures_total",
+            "tierstack.outbox.relay.failures",
+            "{batch}",
             "Relay batches that failed (database or Redis).",
-            &relay.failures_total,
+            |r| &r.failures_total,
         ),
         (
-            "outbox_rows_pruned_total",
+            "tierstack.outbox.pruned",
+            "{row}",
             "Published outbox rows deleted after the retention.",
-            &relay.rows_pruned_total,
+            |r| &r.rows_pruned_total,
         ),
+    ];
+    for (name, unit, description, field) in relay_counters {
+        observe_counter(&meter, relay, (name, unit, description), field);
+    }
+    let consumer_counters: [(
+        &'static str,
+        &'static str,
+        &'static str,
+        Field<ConsumerStats>,
+    ); 4] = [
         (
-            "clickhouse_events_inserted_total",
+            "tierstack.clickhouse.rows.inserted",
+            "{row}",
             "Rows ClickHouse accepted.",
-            &consumer.events_inserted_total,
+            |c| &c.events_inserted_total,
         ),
         (
-            "clickhouse_inserts_total",
-            "INSERTs ClickHouse accepted.",
-            &consumer.inserts_total,
-        ),
-        (
-            "clickhouse_insert_failures_total",
+            "tierstack.clickhouse.insert.failures",
+            "{insert}",
             "INSERTs that failed.",
-            &consumer.insert_failures_total,
+            |c| &c.insert_failures_total,
         ),
         (
-            "stream_dead_lettered_total",
+            "tierstack.stream.dead_lettered",
+            "{event}",
             "Events moved to the dead-letter stream.",
-            &consumer.dead_lettered_total,
+            |c| &c.dead_lettered_total,
         ),
         (
-            "stream_claimed_total",
+            "tierstack.stream.claimed",
+            "{entry}",
             "Entries claimed from consumers that stopped acknowledging.",
-            &consumer.claimed_total,
+            |c| &c.claimed_total,
         ),
     ];
-    let mut text = MetricsText::new();
-    for (name, help, value) in counters {
-        text.counter(name, help, value.load(Ordering::Relaxed));
+    for (name, unit, description, field) in consumer_counters {
+        observe_counter(&meter, consumer, (name, unit, description), field);
     }
-    text.counter(
-        "clickhouse_insert_duration_seconds_total",
-        "Time ClickHouse took to accept INSERTs.",
-        consumer.insert_seconds_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-    );
 
-    text.gauge(
-        "clickhouse_last_insert_rows",
-        "Rows in the last accepted INSERT.",
-        consumer.last_insert_rows.load(Ordering::Relaxed),
-    );
-
-    let lag = state.lag.snapshot();
-    text.gauge(
-        "clickhouse_up",
-        "1 while ClickHouse accepts inserts.",
-        u8::from(lag.clickhouse_up),
-    );
-    text.gauge(
-        "redis_breaker_open",
-        "1 while the Redis circuit breaker is open.",
-        u8::from(!state.redis.is_available()),
-    );
-    // Lag gauges are omitted, not zero, when their source did not answer.
-    let gauges: [(&str, &str, Option<f64>); 5] = [
+    // Lag gauges are not observed, rather than observed as zero, while their source does
+    // not answer: a missing series is honest, a zero backlog would not be.
+    type Pick = fn(&Lag) -> Option<f64>;
+    let gauges: [(&'static str, &'static str, &'static str, Pick); 6] = [
         (
-            "outbox_backlog",
+            "tierstack.outbox.backlog",
+            "{event}",
             "Outbox rows not yet published.",
-            lag.outbox_backlog.map(|v| v as f64),
+            |l| l.outbox_backlog.map(|v| v as f64),
         ),
         (
-            "outbox_oldest_unpublished_age_seconds",
+            "tierstack.outbox.oldest_age",
+            "s",
             "Age of the oldest unpublished outbox row.",
-            lag.oldest_unpublished_age_seconds,
+            |l| l.oldest_unpublished_age_seconds,
         ),
         (
-            "stream_length",
+            "tierstack.stream.length",
+            "{entry}",
             "Entries in the payment event stream.",
-            lag.stream_length.map(|v| v as f64),
+            |l| l.stream_length.map(|v| v as f64),
         ),
         (
-            "stream_pending",
+            "tierstack.stream.pending",
+            "{entry}",
             "Entries delivered and not yet acknowledged.",
-            lag.stream_pending.map(|v| v as f64),
+            |l| l.stream_pending.map(|v| v as f64),
         ),
         (
-            "stream_dead_letters",
+            "tierstack.stream.dead_letters",
+            "{entry}",
             "Entries in the dead-letter stream.",
-            lag.dead_letters.map(|v| v as f64),
+            |l| l.dead_letters.map(|v| v as f64),
+        ),
+        (
+            "tierstack.clickhouse.up",
+            "",
+            "1 while ClickHouse accepts inserts.",
+            |l| Some(f64::from(u8::from(l.clickhouse_up))),
         ),
     ];
-    for (name, help, value) in gauges {
-        if let Some(value) = value {
-            text.gauge(name, help, value);
-        }
+    for (name, unit, description, pick) in gauges {
+        let lag = state.lag.clone();
+        meter
+            .f64_observable_gauge(name)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |observer| {
+                if let Some(value) = pick(&lag.snapshot()) {
+                    observer.observe(value, &[]);
+                }
+            })
+            .build();
     }
-    text
+}
+
+type Field<T> = fn(&T) -> &AtomicU64;
+
+/// A monotonic counter read from one atomic field of `stats` at each collection.
+fn observe_counter<T: Send + Sync + 'static>(
+    meter: &Meter,
+    stats: &Arc<T>,
+    (name, unit, description): (&'static str, &'static str, &'static str),
+    field: Field<T>,
+) {
+    let stats = stats.clone();
+    meter
+        .u64_observable_counter(name)
+        .with_unit(unit)
+        .with_description(description)
+        .with_callback(move |observer| observer.observe(field(&stats).load(Ordering::Relaxed), &[]))
+        .build();
 }

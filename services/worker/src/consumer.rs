@@ -14,17 +14,19 @@
 //! there at once.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clickhouse::inserter::Inserter;
+use opentelemetry::metrics::Histogram;
 use platform::analytics::{self, EventRow};
 use platform::redis::{Redis, RedisError};
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::event::{FIELD, PaymentEvent};
 use crate::relay::Backoff;
@@ -33,6 +35,35 @@ use crate::{DEAD_LETTER_STREAM, GROUP, STREAM};
 /// How long a read waits for new entries. Short, so that the inserter's period is honoured
 /// when the stream is quiet.
 const READ_BLOCK_MS: usize = 200;
+
+/// ClickHouse batch size and latency, per accepted INSERT.
+struct BatchInstruments {
+    size: Histogram<u64>,
+    duration: Histogram<f64>,
+}
+
+fn batch_instruments() -> &'static BatchInstruments {
+    static INSTRUMENTS: OnceLock<BatchInstruments> = OnceLock::new();
+    INSTRUMENTS.get_or_init(|| {
+        let meter = platform::telemetry::meter();
+        BatchInstruments {
+            size: meter
+                .u64_histogram("tierstack.clickhouse.batch.size")
+                .with_unit("{row}")
+                .with_description("Rows per INSERT ClickHouse accepted.")
+                .with_boundaries(vec![
+                    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                ])
+                .build(),
+            duration: meter
+                .f64_histogram("tierstack.clickhouse.batch.duration")
+                .with_unit("s")
+                .with_description("Time ClickHouse took to accept an INSERT.")
+                .with_boundaries(platform::telemetry::SHORT_DURATION_BUCKETS.to_vec())
+                .build(),
+        }
+    })
+}
 
 #[derive(Debug, Default)]
 pub struct ConsumerStats {
@@ -72,6 +103,9 @@ type Batch = Vec<(String, EventRow)>;
 struct OpenBatch {
     rows: Batch,
     ids: HashSet<String>,
+    /// One consumer span per traced event, in its request's trace; each ends when the
+    /// INSERT holding its row is accepted (or given up on).
+    spans: Vec<tracing::Span>,
 }
 
 impl OpenBatch {
@@ -79,7 +113,20 @@ impl OpenBatch {
         self.ids.contains(id)
     }
 
-    fn push(&mut self, id: String, row: EventRow) {
+    fn push(&mut self, id: String, row: EventRow, traceparent: Option<&str>) {
+        if let Some(traceparent) = traceparent {
+            let span = tracing::info_span!(
+                "stream.consume",
+                otel.name = "payment_events process",
+                otel.kind = "consumer",
+                messaging.system = "redis",
+                messaging.destination.name = STREAM,
+                messaging.consumer.group.name = GROUP,
+                messaging.message.id = %id,
+            );
+            platform::telemetry::adopt_parent(&span, traceparent);
+            self.spans.push(span);
+        }
         self.ids.insert(id.clone());
         self.rows.push((id, row));
     }
@@ -94,7 +141,23 @@ impl OpenBatch {
 
     fn take(&mut self) -> Batch {
         self.ids.clear();
+        self.spans.clear();
         std::mem::take(&mut self.rows)
+    }
+
+    /// A span for the INSERT about to end, linked to the traces of the events in it, so a
+    /// payment's trace leads to the batch that stored it and back.
+    fn insert_span(&self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "clickhouse.insert",
+            otel.name = "INSERT payment_events",
+            otel.kind = "client",
+            db.system.name = "clickhouse",
+            db.collection.name = analytics::TABLE,
+            db.operation.batch.size = self.rows.len(),
+        );
+        platform::telemetry::link_spans(&span, &self.spans);
+        span
     }
 }
 
@@ -111,7 +174,7 @@ impl Consumer {
     pub async fn prepare(&self) -> anyhow::Result<()> {
         let created = self
             .redis
-            .call(|mut c| async move {
+            .call("stream.create_group", |mut c| async move {
                 redis::cmd("XGROUP")
                     .arg("CREATE")
                     .arg(STREAM)
@@ -159,7 +222,7 @@ impl Consumer {
         let from = from.to_owned();
         let reply = self
             .redis
-            .call(|mut c| async move {
+            .call("stream.read", |mut c| async move {
                 redis::cmd("XREADGROUP")
                     .arg(&options)
                     .arg("STREAMS")
@@ -181,7 +244,7 @@ impl Consumer {
         let count = self.read_count;
         let reply = self
             .redis
-            .call(|mut c| async move {
+            .call("stream.claim", |mut c| async move {
                 redis::cmd("XAUTOCLAIM")
                     .arg(STREAM)
                     .arg(GROUP)
@@ -215,7 +278,7 @@ impl Consumer {
         }
         let result = self
             .redis
-            .call(|mut c| async move {
+            .call("stream.ack", |mut c| async move {
                 redis::pipe()
                     .cmd("XACK")
                     .arg(STREAM)
@@ -242,7 +305,7 @@ impl Consumer {
         let (id, name, reason_owned) = (entry.id.clone(), self.name.clone(), reason.to_owned());
         let moved = self
             .redis
-            .call(|mut c| async move {
+            .call("stream.dead_letter", |mut c| async move {
                 redis::pipe()
                     .cmd("XADD")
                     .arg(DEAD_LETTER_STREAM)
@@ -296,6 +359,9 @@ impl Consumer {
     }
 
     fn record_insert(&self, rows: u64, took: Duration) {
+        let instruments = batch_instruments();
+        instruments.size.record(rows, &[]);
+        instruments.duration.record(took.as_secs_f64(), &[]);
         self.stats
             .events_inserted_total
             .fetch_add(rows, Ordering::Relaxed);
@@ -456,19 +522,30 @@ impl Consumer {
                 match PaymentEvent::decode(raw.as_deref()) {
                     Ok(event) => {
                         let row = event.to_row();
+                        let traceparent = event.traceparent.as_deref();
                         if let Err(error) = inserter.write(&row).await {
                             failed = Some(error);
-                            batch.push(entry.id, row);
+                            batch.push(entry.id, row, traceparent);
                             break;
                         }
-                        batch.push(entry.id, row);
+                        batch.push(entry.id, row, traceparent);
                     }
                     Err(reason) => self.dead_letter(&entry, &reason.to_string()).await,
                 }
             }
             if failed.is_none() {
+                // A span only for a commit that ends an INSERT (rows or period reached),
+                // not for every pass of the loop.
+                let ends = !batch.is_empty()
+                    && (batch.len() as u64 >= self.insert_max_rows
+                        || inserter.time_left().is_some_and(|left| left.is_zero()));
+                let span = if ends {
+                    batch.insert_span()
+                } else {
+                    tracing::Span::none()
+                };
                 let started = Instant::now();
-                match inserter.commit().await {
+                match inserter.commit().instrument(span).await {
                     Ok(quantities) if quantities.rows > 0 => {
                         self.record_insert(quantities.rows, started.elapsed());
                         self.stats.clickhouse_up.store(true, Ordering::Relaxed);

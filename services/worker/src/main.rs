@@ -35,7 +35,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    platform::telemetry::init();
+    let telemetry = platform::telemetry::init("worker");
     let config = WorkerConfig::from_env()?;
     let clickhouse_url = config.clickhouse.url.clone().expect("checked by from_env");
     let clickhouse_root = analytics::client(&clickhouse_url, "default");
@@ -45,7 +45,11 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(database = %config.clickhouse.database, "ClickHouse schema in place");
             Ok(())
         }
-        Command::Run => run(config, clickhouse_url, clickhouse_root).await,
+        Command::Run => {
+            let outcome = run(config, clickhouse_url, clickhouse_root).await;
+            telemetry.shutdown();
+            outcome
+        }
     }
 }
 
@@ -94,12 +98,14 @@ async fn run(
         consumer = %config.consumer_name,
         "worker started"
     );
-    let admin = admin::router(AdminState {
+    let admin_state = AdminState {
         lag: lag.clone(),
         relay: relay_stats,
         consumer: consumer_stats.clone(),
         redis: redis.clone(),
-    });
+    };
+    admin::register_metrics(&admin_state);
+    let admin = admin::router(admin_state);
     let mut admin_stop = stop.clone();
     let admin_task = tokio::spawn(async move {
         axum::serve(listener, admin)

@@ -55,7 +55,7 @@ impl LagMonitor {
             .await
             .ok();
         let streams = redis
-            .call(|mut c| async move {
+            .call("stream.lag", |mut c| async move {
                 redis::pipe()
                     .cmd("XLEN")
                     .arg(STREAM)

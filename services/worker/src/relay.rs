@@ -107,6 +107,24 @@ impl Relay {
         if leased.is_empty() {
             return Ok(0);
         }
+        // One producer span per event, in the trace of the request that made it; they end
+        // when the batch is marked published.
+        let _spans: Vec<tracing::Span> = leased
+            .iter()
+            .filter_map(|(_, event)| event.traceparent.as_deref())
+            .map(|traceparent| {
+                let span = tracing::info_span!(
+                    "outbox.relay",
+                    otel.name = "payment_events publish",
+                    otel.kind = "producer",
+                    messaging.system = "redis",
+                    messaging.destination.name = crate::STREAM,
+                    messaging.batch.message_count = leased.len(),
+                );
+                platform::telemetry::adopt_parent(&span, traceparent);
+                span
+            })
+            .collect();
 
         // Between sessions: the stream. Pipelined, so a batch is one round trip.
         let mut pipe = redis::pipe();
@@ -121,7 +139,9 @@ impl Relay {
         }
         let published = self
             .redis
-            .call(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .call("stream.publish", |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
             .await;
         let seqs: Vec<i64> = leased.iter().map(|(seq, _)| *seq).collect();
         if let Err(error) = published {

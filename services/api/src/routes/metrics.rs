@@ -1,116 +1,98 @@
-//! `GET /metrics`: the instance's counters in the Prometheus text format.
-//!
-//! A dozen counters that already live in atomics; the telemetry work replaces this with
-//! OpenTelemetry metrics under the same names.
+//! The API's own instruments, beside the HTTP, database-pool and circuit-breaker metrics
+//! that `platform` records: cache outcomes and rate-limit decisions, read from the counters
+//! the cache and the limiter keep, at each collection. `/metrics` (Prometheus) and the OTLP
+//! exporter both see them.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::State;
-use axum::response::IntoResponse;
-use platform::prometheus::MetricsText;
+use opentelemetry::KeyValue;
 
 use crate::app::AppState;
+use crate::cache::CacheStats;
+use crate::ratelimit::LimiterStats;
 
-pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
-    let mut text = MetricsText::new();
-    let mut counter = |name: &str, help: &str, value: u64| text.counter(name, help, value);
+type Series<T> = (&'static str, &'static str, fn(&T) -> &AtomicU64);
 
-    let cache = &app.cache.stats;
-    counter(
-        "payment_cache_hits_total",
-        "Payment reads served from Redis.",
-        cache.hits.load(Ordering::Relaxed),
-    );
-    counter(
-        "payment_cache_misses_total",
-        "Payment reads not found in Redis.",
-        cache.misses.load(Ordering::Relaxed),
-    );
-    counter(
-        "payment_cache_fills_total",
-        "Payments written to the cache.",
-        cache.fills.load(Ordering::Relaxed),
-    );
-    counter(
-        "payment_cache_stale_fills_dropped_total",
-        "Cache writes dropped because the cache held a newer version.",
-        cache.stale_fills_dropped.load(Ordering::Relaxed),
-    );
-    counter(
-        "payment_cache_bypassed_total",
-        "Payment reads that skipped the cache because Redis was unavailable.",
-        cache.bypassed.load(Ordering::Relaxed),
-    );
-    counter(
-        "payment_cache_errors_total",
-        "Cache operations that failed.",
-        cache.errors.load(Ordering::Relaxed),
-    );
+/// Registers the instruments; call once per process, after telemetry is installed.
+pub fn register(app: &AppState) {
+    let meter = platform::telemetry::meter();
 
-    let limiter = &app.limiter.stats;
-    counter(
-        "rate_limit_allowed_total",
-        "Requests within their key's limit.",
-        limiter.allowed_total.load(Ordering::Relaxed),
-    );
-    counter(
-        "rate_limit_limited_total",
-        "Requests refused with 429.",
-        limiter.limited_total.load(Ordering::Relaxed),
-    );
-    counter(
-        "rate_limit_local_decisions_total",
-        "Rate-limit decisions made by this process alone while Redis was unavailable.",
-        limiter.local_decisions_total.load(Ordering::Relaxed),
-    );
+    let cache = app.cache.clone();
+    let lookups: [Series<CacheStats>; 3] = [
+        ("tierstack.cache.result", "hit", |s| &s.hits),
+        ("tierstack.cache.result", "miss", |s| &s.misses),
+        ("tierstack.cache.result", "bypass", |s| &s.bypassed),
+    ];
+    meter
+        .u64_observable_counter("tierstack.cache.lookups")
+        .with_unit("{lookup}")
+        .with_description(
+            "Payment reads by cache outcome: hit (served from Redis), miss (read from \
+             PostgreSQL), bypass (Redis unavailable).",
+        )
+        .with_callback(move |observer| observe(observer, &cache, |c| &c.stats, &lookups))
+        .build();
 
-    if let Some(redis) = &app.redis {
-        let breaker = redis.breaker_stats();
-        counter(
-            "redis_breaker_opened_total",
-            "Times the Redis circuit breaker opened.",
-            breaker.opened_total.load(Ordering::Relaxed),
-        );
-        counter(
-            "redis_calls_bypassed_total",
-            "Redis calls refused by the open breaker.",
-            breaker.calls_bypassed_total.load(Ordering::Relaxed),
-        );
-        counter(
-            "redis_calls_failed_total",
-            "Redis calls that failed or timed out.",
-            breaker.calls_failed_total.load(Ordering::Relaxed),
+    let cache = app.cache.clone();
+    let fills: [Series<CacheStats>; 3] = [
+        ("tierstack.cache.fill.outcome", "stored", |s| &s.fills),
+        ("tierstack.cache.fill.outcome", "stale_dropped", |s| {
+            &s.stale_fills_dropped
+        }),
+        ("tierstack.cache.fill.outcome", "error", |s| &s.errors),
+    ];
+    meter
+        .u64_observable_counter("tierstack.cache.fills")
+        .with_unit("{write}")
+        .with_description(
+            "Cache writes by outcome; stale_dropped means the cache already held a newer \
+             version. Errors count every failed cache operation.",
+        )
+        .with_callback(move |observer| observe(observer, &cache, |c| &c.stats, &fills))
+        .build();
+
+    let limiter = app.limiter.clone();
+    let decisions: [Series<LimiterStats>; 2] = [
+        ("tierstack.rate_limit.decision", "allowed", |s| {
+            &s.allowed_total
+        }),
+        ("tierstack.rate_limit.decision", "limited", |s| {
+            &s.limited_total
+        }),
+    ];
+    meter
+        .u64_observable_counter("tierstack.rate_limit.decisions")
+        .with_unit("{request}")
+        .with_description("Rate-limit decisions: allowed, or limited (answered 429).")
+        .with_callback(move |observer| observe(observer, &limiter, |l| &l.stats, &decisions))
+        .build();
+
+    let limiter = app.limiter.clone();
+    meter
+        .u64_observable_counter("tierstack.rate_limit.local_decisions")
+        .with_unit("{request}")
+        .with_description(
+            "Rate-limit decisions this process made alone because Redis was unavailable.",
+        )
+        .with_callback(move |observer| {
+            let value = limiter.stats.local_decisions_total.load(Ordering::Relaxed);
+            observer.observe(value, &[]);
+        })
+        .build();
+}
+
+fn observe<T, S>(
+    observer: &dyn opentelemetry::metrics::AsyncInstrument<u64>,
+    owner: &Arc<T>,
+    stats: fn(&T) -> &S,
+    series: &[Series<S>],
+) {
+    let stats = stats(owner);
+    for (key, value, field) in series {
+        observer.observe(
+            field(stats).load(Ordering::Relaxed),
+            &[KeyValue::new(*key, *value)],
         );
     }
-
-    let db = app.db.stats();
-    counter("db_sessions_total", "Database sessions run.", db.sessions);
-    counter(
-        "db_sessions_over_hold_warn_total",
-        "Sessions held longer than DB_SESSION_HOLD_WARN_MS.",
-        db.sessions_over_hold_warn,
-    );
-    counter(
-        "db_pool_timeouts_total",
-        "Session acquisitions that timed out.",
-        db.pool_timeouts,
-    );
-    counter(
-        "db_reads_replica_total",
-        "Read sessions served by a replica.",
-        db.reads_on_replica,
-    );
-    counter(
-        "db_reads_primary_total",
-        "Read sessions served by the primary.",
-        db.reads_on_primary,
-    );
-
-    let redis_up = app.redis.as_ref().is_some_and(|r| r.is_available());
-    text.gauge(
-        "redis_available",
-        "Whether this instance currently uses Redis (breaker closed).",
-        u8::from(redis_up),
-    );
-    text
 }

@@ -68,7 +68,9 @@ pub async fn create_payment(
     })?;
     let payment = NewPayment::parse(request).map_err(ApiError::validation)?;
 
-    let traceparent = traceparent(&headers);
+    // This request's own span context when tracing is on (the worker's spans then join
+    // this trace), else what the client sent.
+    let traceparent = platform::telemetry::current_traceparent().or_else(|| traceparent(&headers));
     let (payment, replayed) = if app.config.demo_hold_session_across_psp {
         create_holding_session_across_psp(&app, &account, key, payment, traceparent).await?
     } else {

@@ -173,6 +173,7 @@ pub fn api_config(psp_url: &str) -> ApiConfig {
         shutdown_drain: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(10),
         demo_hold_session_across_psp: false,
+        admin_listen: None,
         cache_enabled: true,
         cache_ttl: Duration::from_secs(60),
         auth_cache_ttl: Duration::from_secs(30),
@@ -217,6 +218,7 @@ pub struct TestApi {
     pub url: String,
     pub shutdown: Shutdown,
     pub db: platform::db::Database,
+    pub cache: std::sync::Arc<api::cache::PaymentCache>,
 }
 
 impl Drop for TestApi {
@@ -232,9 +234,15 @@ pub async fn spawn_api(config: ApiConfig) -> TestApi {
         .expect("api builds");
     let url = format!("http://{}", application.local_addr());
     let db = application.state().db.clone();
+    let cache = application.state().cache.clone();
     tokio::spawn(application.run_until_stopped());
     wait_ready(&url).await;
-    TestApi { url, shutdown, db }
+    TestApi {
+        url,
+        shutdown,
+        db,
+        cache,
+    }
 }
 
 pub async fn wait_ready(base: &str) {
@@ -275,8 +283,42 @@ pub fn assert_problem(status: u16, body: &Value, expected_status: u16, slug: &st
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
 }
 
-/// The value of one counter in an instance's `/metrics`.
-pub async fn metric(base: &str, name: &str) -> f64 {
+/// Payment reads by cache outcome; with [`HIT`], the cache hits.
+pub const CACHE_LOOKUPS: &str = "tierstack_cache_lookups_total";
+pub const HIT: &[(&str, &str)] = &[("tierstack_cache_result", "hit")];
+/// 1 per instance while its Redis circuit breaker is open.
+pub const BREAKER_OPEN: &str = "tierstack_circuit_breaker_open";
+
+/// The sum of the samples of `name` in a `/metrics` page whose labels include all of
+/// `labels`; `None` when there is no such sample.
+pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let matches = labels.iter().all(|(k, v)| {
+            series_labels
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        });
+        if matches && let Ok(value) = value.parse::<f64>() {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+/// The value of one metric (summed over the series matching `labels`) in an instance's
+/// `/metrics`.
+pub async fn metric(base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = http()
         .get(format!("{base}/metrics"))
         .send()
@@ -285,19 +327,15 @@ pub async fn metric(base: &str, name: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
+    parse_metric(&text, name, labels)
+        .unwrap_or_else(|| panic!("{name} {labels:?} not in {base}/metrics"))
 }
 
-/// The same counter summed over the tier's `api` instances.
-pub async fn tier_metric(name: &str) -> f64 {
+/// The same metric summed over the tier's `api` instances, read from their admin ports.
+pub async fn tier_metric(name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut sum = 0.0;
-    for base in env("TIERSTACK_API_URLS").split(',') {
-        sum += metric(base, name).await;
+    for base in env("TIERSTACK_API_ADMIN_URLS").split(',') {
+        sum += metric(base, name, labels).await;
     }
     sum
 }
