@@ -69,23 +69,15 @@ echo "== outbox off"
 restart_api --api-env OUTBOX_ENABLED=false
 ladder outbox-off
 
+echo
+echo "on: outbox and pipeline; alone: outbox on, workers stopped; off: no outbox"
+python3 loadtest/side-by-side.py "$out" outbox-on=on outbox-on-no-workers=alone outbox-off=off
+
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
-names = ("outbox-on", "outbox-on-no-workers", "outbox-off")
-runs = {n: json.load(open(f"{out}/{n}/report.json"))["runs"][0] for n in names}
-print("\non: outbox and pipeline; alone: outbox on, workers stopped; off: no outbox")
-print("| concurrency | goodput on | goodput alone | goodput off | on/off | alone/off | p95 ms on | p95 ms alone | p95 ms off | p95 on/off | p95 alone/off |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for a, w, b in zip(*(runs[n]["steps"] for n in names)):
-    g = lambda s: s["goodput_rps"]
-    q = lambda s: s["success"]["p95_ms"]
-    print(f"| {a['concurrency']} | {g(a):.1f} | {g(w):.1f} | {g(b):.1f} | {g(a) / g(b):.2f} | "
-          f"{g(w) / g(b):.2f} | {q(a):.1f} | {q(w):.1f} | {q(b):.1f} | {q(a) / q(b):.2f} | {q(w) / q(b):.2f} |")
-for name, run in runs.items():
-    print(f"verdict {name}: {'PASS' if run['verdict']['passed'] else 'FAIL'}")
 p = json.load(open(f"{out}/pipeline.json"))
-print(f"\npipeline during the outbox-on ladder ({p['seconds']:.0f} s, {p['samples']} samples): "
+print(f"pipeline during the outbox-on ladder ({p['seconds']:.0f} s, {p['samples']} samples): "
       f"{p['events_per_second']:.0f} events/s into ClickHouse; max outbox backlog {p['max_outbox_backlog']:.0f}, "
       f"max oldest unpublished {p['max_oldest_unpublished_s'] * 1000:.0f} ms, max stream length "
       f"{p['max_stream_length']:.0f}, max pending {p['max_stream_pending']:.0f}; "

@@ -41,20 +41,7 @@ echo "== telemetry off"
 restart_api --api-env OTEL_SDK_DISABLED=true
 ladder telemetry-off
 
-python3 - "$out" <<'PY'
-import json, sys
-out = sys.argv[1]
-names = ("telemetry-on", "telemetry-sampled", "telemetry-off")
-runs = {n: json.load(open(f"{out}/{n}/report.json"))["runs"][0] for n in names}
-print("\non: all traces and metrics exported over OTLP; 10%: parent-based 0.1 sampling; off: OTEL_SDK_DISABLED")
-print("| concurrency | goodput on | goodput 10% | goodput off | on/off | 10%/off | p95 ms on | p95 ms 10% | p95 ms off | p95 on/off | p95 10%/off |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for a, m, b in zip(*(runs[n]["steps"] for n in names)):
-    g = lambda s: s["goodput_rps"]
-    q = lambda s: s["success"]["p95_ms"]
-    print(f"| {a['concurrency']} | {g(a):.1f} | {g(m):.1f} | {g(b):.1f} | {g(a) / g(b):.2f} | "
-          f"{g(m) / g(b):.2f} | {q(a):.1f} | {q(m):.1f} | {q(b):.1f} | {q(a) / q(b):.2f} | {q(m) / q(b):.2f} |")
-for name, run in runs.items():
-    print(f"verdict {name}: {'PASS' if run['verdict']['passed'] else 'FAIL'}")
-PY
+echo
+echo "on: all traces and metrics exported over OTLP; 10%: parent-based 0.1 sampling; off: OTEL_SDK_DISABLED"
+python3 loadtest/side-by-side.py "$out" telemetry-on=on telemetry-sampled=10% telemetry-off=off
 echo "results in $out"

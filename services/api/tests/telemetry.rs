@@ -169,8 +169,8 @@ async fn a_payment_is_one_trace_from_the_request_to_its_analytics_row() {
         ("api", "POST /v1/payments", "SPAN_KIND_SERVER"),
         ("api", "POST /v1/charges", "SPAN_KIND_CLIENT"),
         ("psp-sim", "POST /v1/charges", "SPAN_KIND_SERVER"),
-        ("worker", "payment_events publish", "SPAN_KIND_PRODUCER"),
-        ("worker", "payment_events process", "SPAN_KIND_CONSUMER"),
+        ("worker", "publish payments.events", "SPAN_KIND_PRODUCER"),
+        ("worker", "process payments.events", "SPAN_KIND_CONSUMER"),
     ];
     let deadline = Instant::now() + Duration::from_secs(45);
     let spans = loop {
@@ -212,8 +212,8 @@ async fn a_payment_is_one_trace_from_the_request_to_its_analytics_row() {
     let client = find("api", "POST /v1/charges", "SPAN_KIND_CLIENT");
     let processor = find("psp-sim", "POST /v1/charges", "SPAN_KIND_SERVER");
     assert_eq!(processor.parent_id, client.id);
-    for name in ["payment_events publish", "payment_events process"] {
-        let kind = if name.ends_with("publish") {
+    for name in ["publish payments.events", "process payments.events"] {
+        let kind = if name.starts_with("publish") {
             "SPAN_KIND_PRODUCER"
         } else {
             "SPAN_KIND_CONSUMER"
@@ -338,4 +338,117 @@ async fn every_dashboard_panel_has_data_in_prometheus_after_a_short_load_run() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(report.lines().filter(|l| l.starts_with("ok")).count() >= 20);
+}
+
+/// Starts the tier's psp-sim binary on a free port with `otel` as its only telemetry
+/// settings, makes three charges, stops it, and returns what it logged.
+async fn run_psp_sim_with(otel: &[(&str, &str)]) -> Vec<Value> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(format!("{}/psp-sim", env("TIERSTACK_BIN_DIR")))
+        .env_clear()
+        .env("PSP_SIM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PSP_SIM_LATENCY_MEDIAN_MS", "1")
+        .env("LOG_FORMAT", "json")
+        .envs(otel.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("psp-sim starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = http();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(format!("{base}/livez")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "psp-sim did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..3 {
+        let started = Instant::now();
+        let response = client
+            .post(format!("{base}/v1/charges"))
+            .header("Idempotency-Key", format!("telemetry-{i}"))
+            .json(&serde_json::json!({"amount": 100, "currency": "EUR", "reference": "t"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a charge was slow"
+        );
+        // Long enough for several export attempts at the intervals set below.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let charges = parse_metric(
+        &metrics,
+        "http_server_request_duration_seconds_count",
+        &[("http_route", "/v1/charges")],
+    );
+    assert_eq!(charges, Some(3.0), "{metrics}");
+
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
+        .collect()
+}
+
+fn count(lines: &[Value], message: &str) -> usize {
+    lines.iter().filter(|l| l["message"] == message).count()
+}
+
+#[tokio::test]
+async fn without_a_collector_a_service_serves_metrics_and_says_so_once() {
+    let lines = run_psp_sim_with(&[]).await;
+    assert_eq!(
+        count(
+            &lines,
+            "no OTLP endpoint configured (OTEL_EXPORTER_OTLP_ENDPOINT): traces and metrics are \
+             not exported; /metrics still serves Prometheus"
+        ),
+        1,
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_collector_is_reported_once_and_costs_no_request_anything() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let lines = run_psp_sim_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ])
+    .await;
+    let unreachable =
+        "the OTLP collector does not accept exports; dropping telemetry until it does";
+    let reports: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == unreachable)
+        .collect();
+    // Once per signal, although both kept failing for about two seconds.
+    assert_eq!(reports.len(), 2, "{lines:#?}");
+    assert!(reports.iter().all(|l| l["level"] == "WARN"));
+    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
 }

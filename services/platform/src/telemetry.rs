@@ -23,8 +23,9 @@
 //! export off. Without an endpoint the service runs normally and says so once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, header};
@@ -36,9 +37,12 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, InstrumentationScope, KeyValue, global};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::Targets;
@@ -145,7 +149,10 @@ fn install(service: &'static str) -> Telemetry {
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
     if traces == Export::Otlp {
         match opentelemetry_otlp::SpanExporter::builder().build() {
-            Ok(exporter) => tracer_builder = tracer_builder.with_batch_exporter(exporter),
+            Ok(exporter) => {
+                tracer_builder =
+                    tracer_builder.with_batch_exporter(Reported::new(exporter, "traces"))
+            }
             Err(error) => problems.push(format!("the OTLP span exporter failed: {error}")),
         }
     }
@@ -165,7 +172,10 @@ fn install(service: &'static str) -> Telemetry {
     let metrics = export_setting("METRICS");
     if metrics == Export::Otlp {
         match opentelemetry_otlp::MetricExporter::builder().build() {
-            Ok(exporter) => meter_builder = meter_builder.with_periodic_exporter(exporter),
+            Ok(exporter) => {
+                meter_builder =
+                    meter_builder.with_periodic_exporter(Reported::new(exporter, "metrics"))
+            }
             Err(error) => problems.push(format!("the OTLP metric exporter failed: {error}")),
         }
     }
@@ -235,6 +245,85 @@ impl Telemetry {
         {
             tracing::debug!(%error, "meter shutdown");
         }
+    }
+}
+
+/// An exporter that reports a collector outage once, and its end once, instead of the
+/// SDK's error line per failed export (one every few seconds for as long as it lasts).
+/// What could not be exported is dropped either way: telemetry never holds up the service.
+#[derive(Debug)]
+struct Reported<E> {
+    inner: E,
+    signal: &'static str,
+    failing: AtomicBool,
+}
+
+impl<E> Reported<E> {
+    fn new(inner: E, signal: &'static str) -> Self {
+        Self {
+            inner,
+            signal,
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    fn note(&self, result: OTelSdkResult) -> OTelSdkResult {
+        let signal = self.signal;
+        match result {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(signal, "the OTLP collector accepts exports again");
+                }
+            }
+            Err(error) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        signal,
+                        %error,
+                        "the OTLP collector does not accept exports; dropping telemetry until it does"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Reported<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        self.note(result)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for Reported<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        self.note(result)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
     }
 }
 
@@ -517,11 +606,6 @@ pub fn child_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
     }
 }
 
-/// True when a parent context carries a valid, remote trace (used by tests).
-pub fn has_trace(context: &Context) -> bool {
-    context.span().span_context().is_valid()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,7 +622,8 @@ mod tests {
             span_context.trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        assert!(!has_trace(&context_from_traceparent("not a traceparent")));
+        let malformed = context_from_traceparent("not a traceparent");
+        assert!(!malformed.span().span_context().is_valid());
     }
 
     #[test]

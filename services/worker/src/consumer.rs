@@ -117,7 +117,7 @@ impl OpenBatch {
         if let Some(traceparent) = traceparent {
             let span = tracing::info_span!(
                 "stream.consume",
-                otel.name = "payment_events process",
+                otel.name = "process payments.events",
                 otel.kind = "consumer",
                 messaging.system = "redis",
                 messaging.destination.name = STREAM,

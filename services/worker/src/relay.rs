@@ -115,7 +115,7 @@ impl Relay {
             .map(|traceparent| {
                 let span = tracing::info_span!(
                     "outbox.relay",
-                    otel.name = "payment_events publish",
+                    otel.name = "publish payments.events",
                     otel.kind = "producer",
                     messaging.system = "redis",
                     messaging.destination.name = crate::STREAM,
