@@ -153,7 +153,7 @@ fn install(service: &'static str) -> Telemetry {
                 tracer_builder =
                     tracer_builder.with_batch_exporter(Reported::new(exporter, "traces"))
             }
-            Err(error) => problems.push(format!("the OTLP span exporter failed: {error}")),
+            Err(error) => problems.push(("traces", "OTLP span exporter", error.to_string())),
         }
     }
     let tracer_provider = tracer_builder.build();
@@ -167,7 +167,7 @@ fn install(service: &'static str) -> Telemetry {
         .build()
     {
         Ok(reader) => meter_builder = meter_builder.with_reader(reader),
-        Err(error) => problems.push(format!("the Prometheus reader failed: {error}")),
+        Err(error) => problems.push(("metrics", "Prometheus reader", error.to_string())),
     }
     let metrics = export_setting("METRICS");
     if metrics == Export::Otlp {
@@ -176,7 +176,7 @@ fn install(service: &'static str) -> Telemetry {
                 meter_builder =
                     meter_builder.with_periodic_exporter(Reported::new(exporter, "metrics"))
             }
-            Err(error) => problems.push(format!("the OTLP metric exporter failed: {error}")),
+            Err(error) => problems.push(("metrics", "OTLP metric exporter", error.to_string())),
         }
     }
     let meter_provider = meter_builder.build();
@@ -194,8 +194,9 @@ fn install(service: &'static str) -> Telemetry {
             .boxed(),
     ));
 
-    for problem in problems {
-        tracing::warn!("{problem}; that signal is not exported");
+    // Logged only now: until the subscriber is installed there is nowhere to log to.
+    for (signal, part, error) in problems {
+        tracing::warn!(signal, part, %error, "telemetry part failed to build; not exported");
     }
     let protocol = env("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "http/protobuf".into());
     match (traces, metrics) {
