@@ -343,6 +343,11 @@ async fn every_dashboard_panel_has_data_in_prometheus_after_a_short_load_run() {
 /// Starts the tier's psp-sim binary on a free port with `otel` as its only telemetry
 /// settings, makes three charges, stops it, and returns what it logged.
 async fn run_psp_sim_with(otel: &[(&str, &str)]) -> Vec<Value> {
+    run_psp_sim(otel, None).await
+}
+
+/// The same, with each charge sent inside the trace `traceparent` names.
+async fn run_psp_sim(otel: &[(&str, &str)], traceparent: Option<&str>) -> Vec<Value> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -367,8 +372,11 @@ async fn run_psp_sim_with(otel: &[(&str, &str)]) -> Vec<Value> {
     }
     for i in 0..3 {
         let started = Instant::now();
-        let response = client
-            .post(format!("{base}/v1/charges"))
+        let mut request = client.post(format!("{base}/v1/charges"));
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request
             .header("Idempotency-Key", format!("telemetry-{i}"))
             .json(&serde_json::json!({"amount": 100, "currency": "EUR", "reference": "t"}))
             .send()
@@ -451,4 +459,43 @@ async fn an_unreachable_collector_is_reported_once_and_costs_no_request_anything
     assert_eq!(reports.len(), 2, "{lines:#?}");
     assert!(reports.iter().all(|l| l["level"] == "WARN"));
     assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn otlp_over_http_reaches_the_collector_too() {
+    // The tier's services export over gRPC; this one uses OTLP/HTTP with protobuf, under a
+    // service name of its own.
+    let (trace_id, traceparent) = new_trace();
+    let service = format!("psp-sim-http-{}", &trace_id[..8]);
+    let lines = run_psp_sim(
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &env("TIERSTACK_OTLP_HTTP_URL"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", &service),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+        Some(&traceparent),
+    )
+    .await;
+    assert!(lines.iter().all(|l| l["level"] != "WARN"), "{lines:#?}");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let servers = collected_spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id && s.service == service)
+            .filter(|s| s.name == "POST /v1/charges" && s.kind == "SPAN_KIND_SERVER")
+            .count();
+        if servers == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{servers} of 3 spans arrived over OTLP/HTTP"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
