@@ -74,7 +74,8 @@ impl PspClient {
             }
             // One client span per attempt; its context goes to the processor in
             // `traceparent`, so the processor's span is its child.
-            let span = tracing::info_span!(
+            let span = platform::telemetry::child_span(|| {
+                tracing::info_span!(
                 "psp.charge",
                 otel.name = "POST /v1/charges",
                 otel.kind = "client",
@@ -83,7 +84,8 @@ impl PspClient {
                 http.request.resend_count = attempt - 1,
                 http.response.status_code = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
-            );
+                )
+            });
             let mut headers = reqwest::header::HeaderMap::new();
             span.in_scope(|| platform::telemetry::inject(&mut headers));
             let sent = self

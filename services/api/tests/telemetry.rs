@@ -158,6 +158,12 @@ async fn load(account: &TestAccount, clients: usize, duration: Duration) -> usiz
 async fn a_payment_is_one_trace_from_the_request_to_its_analytics_row() {
     let _serial = SERIAL.lock().await;
     let account = create_account_on_plan("traced", "loadtest").await;
+    // First a payment whose caller decided not to sample (flags 00): parent-based sampling
+    // must follow that decision in every service.
+    let (unsampled_id, unsampled) = new_trace();
+    let unsampled = format!("{}-00", &unsampled[..unsampled.len() - 3]);
+    let (status, body) = traced_payment(&account, &unsampled).await;
+    assert_eq!(status, 201, "{body}");
     let (trace_id, traceparent) = new_trace();
     let (status, body) = traced_payment(&account, &traceparent).await;
     assert_eq!(status, 201, "{body}");
@@ -222,6 +228,17 @@ async fn a_payment_is_one_trace_from_the_request_to_its_analytics_row() {
     }
     // Every database session and Redis call of the request is a span in the trace, under
     // the request.
+    // By now the unsampled payment's spans would have been exported too, had there been any.
+    let leaked: Vec<String> = collected_spans()
+        .into_iter()
+        .filter(|s| s.trace_id == unsampled_id)
+        .map(|s| format!("{} {}", s.service, s.name))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "an unsampled trace was exported: {leaked:?}"
+    );
+
     let sessions: BTreeSet<&str> = spans
         .iter()
         .filter(|s| s.service == "api" && by_id.contains_key(s.parent_id.as_str()))

@@ -488,12 +488,6 @@ pub fn context_from_traceparent(traceparent: &str) -> Context {
     TraceContextPropagator::new().extract(&carrier)
 }
 
-/// Makes a stored `traceparent` the parent of `span`, so that work done long after the
-/// request (the relay, the consumer) joins the request's trace.
-pub fn adopt_parent(span: &tracing::Span, traceparent: &str) {
-    let _ = span.set_parent(context_from_traceparent(traceparent));
-}
-
 /// Links `span` to each of `others` (up to the SDK's limit of 128 links per span): for one
 /// operation done on behalf of many traces, such as a batch insert.
 pub fn link_spans(span: &tracing::Span, others: &[tracing::Span]) {
@@ -501,7 +495,7 @@ pub fn link_spans(span: &tracing::Span, others: &[tracing::Span]) {
         let context = other.context();
         let other_span = context.span();
         let span_context = other_span.span_context();
-        if span_context.is_valid() {
+        if span_context.is_sampled() {
             span.add_link(span_context.clone());
         }
     }
@@ -596,15 +590,35 @@ pub async fn http_server(request: Request, next: Next) -> Response {
     response
 }
 
-/// The span `make` builds when there is a current span to be its parent, and a disabled
-/// span otherwise: work done inside a request or an event joins its trace, while a
-/// background loop's polling does not start a trace every few milliseconds.
+/// The span `make` builds when the current span is being traced (it exists and its trace is
+/// sampled), and a disabled span otherwise. Work done inside a sampled request or event
+/// joins its trace; a background loop's polling starts no trace every few milliseconds;
+/// and a request that sampling left out pays for no child spans at all, which is most of
+/// what tracing costs (the request's own span is still made: it carries the decision on
+/// to the processor and the outbox).
 pub fn child_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    if tracing::Span::current().is_none() {
+    let current = tracing::Span::current();
+    if current.is_none() || !current.context().span().span_context().is_sampled() {
         tracing::Span::none()
     } else {
         make()
     }
+}
+
+/// A span for work done on behalf of a stored `traceparent` (the relay, the consumer),
+/// made by `make` and joined to that trace; a disabled span when the trace was not
+/// sampled or the value is malformed, so unsampled events cost no spans.
+pub fn span_for_traceparent(
+    traceparent: &str,
+    make: impl FnOnce() -> tracing::Span,
+) -> tracing::Span {
+    let parent = context_from_traceparent(traceparent);
+    if !parent.span().span_context().is_sampled() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    let _ = span.set_parent(parent);
+    span
 }
 
 #[cfg(test)]

@@ -115,17 +115,20 @@ impl OpenBatch {
 
     fn push(&mut self, id: String, row: EventRow, traceparent: Option<&str>) {
         if let Some(traceparent) = traceparent {
-            let span = tracing::info_span!(
-                "stream.consume",
-                otel.name = "process payments.events",
-                otel.kind = "consumer",
-                messaging.system = "redis",
-                messaging.destination.name = STREAM,
-                messaging.consumer.group.name = GROUP,
-                messaging.message.id = %id,
-            );
-            platform::telemetry::adopt_parent(&span, traceparent);
-            self.spans.push(span);
+            let span = platform::telemetry::span_for_traceparent(traceparent, || {
+                tracing::info_span!(
+                    "stream.consume",
+                    otel.name = "process payments.events",
+                    otel.kind = "consumer",
+                    messaging.system = "redis",
+                    messaging.destination.name = STREAM,
+                    messaging.consumer.group.name = GROUP,
+                    messaging.message.id = %id,
+                )
+            });
+            if !span.is_none() {
+                self.spans.push(span);
+            }
         }
         self.ids.insert(id.clone());
         self.rows.push((id, row));

@@ -113,17 +113,18 @@ impl Relay {
             .iter()
             .filter_map(|(_, event)| event.traceparent.as_deref())
             .map(|traceparent| {
-                let span = tracing::info_span!(
-                    "outbox.relay",
-                    otel.name = "publish payments.events",
-                    otel.kind = "producer",
-                    messaging.system = "redis",
-                    messaging.destination.name = crate::STREAM,
-                    messaging.batch.message_count = leased.len(),
-                );
-                platform::telemetry::adopt_parent(&span, traceparent);
-                span
+                platform::telemetry::span_for_traceparent(traceparent, || {
+                    tracing::info_span!(
+                        "outbox.relay",
+                        otel.name = "publish payments.events",
+                        otel.kind = "producer",
+                        messaging.system = "redis",
+                        messaging.destination.name = crate::STREAM,
+                        messaging.batch.message_count = leased.len(),
+                    )
+                })
             })
+            .filter(|span| !span.is_none())
             .collect();
 
         // Between sessions: the stream. Pipelined, so a batch is one round trip.
