@@ -29,12 +29,6 @@ print(total)
 PY
 }
 
-ladder() {
-  local name=$1
-  shift
-  target/release/loadtest ladder --quiet --steps "$steps" --duration "$duration" --warmup 3 \
-    --mix "$mix" --out-dir "$out" --name "$name" "$@" | grep -E '^\||verdict'
-}
 
 trap 'restart_api' EXIT
 

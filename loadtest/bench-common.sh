@@ -11,6 +11,16 @@ set -a
 eval "$("$tierctl" env --tier local)"
 set +a
 
+# Runs one ladder (the caller's `steps`, `duration` and `mix`) into $out/NAME and prints its
+# table and verdict; extra arguments go to `loadtest ladder`. Fails when the verdict does;
+# a comparison that must go on regardless calls `ladder NAME || true`.
+ladder() {
+  local name=$1
+  shift
+  target/release/loadtest ladder --quiet --steps "$steps" --duration "$duration" --warmup 3 \
+    --mix "$mix" --out-dir "$out" --name "$name" "$@" | grep -E '^\||verdict'
+}
+
 # Restarts every api instance; extra arguments go to `tierctl up`, e.g.
 # `restart_api --api-env CACHE_ENABLED=false`. Without any, the tier's own settings.
 restart_api() {

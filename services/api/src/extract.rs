@@ -2,8 +2,9 @@
 //! on. axum's own extractors answer in plain text.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
-use axum::http::header;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use platform::problem::{FieldError, Problem, ProblemType};
 use serde::de::DeserializeOwned;
 
@@ -53,6 +54,25 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .map_err(|_| too_large())?;
 
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Query parameters of type `T`. A query string that does not parse is a 400
+/// `malformed-body` with axum's reason; rules on the values are the handler's (422).
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(value) =
+            Query::<T>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| {
+                    Problem::new(ProblemType::MalformedBody, rejection.body_text())
+                        .with_status(StatusCode::BAD_REQUEST)
+                })?;
+        Ok(Self(value))
     }
 }
 

@@ -138,8 +138,6 @@ fn is_connection_failure(error: &sqlx::Error) -> bool {
 pub struct SessionStats {
     pub sessions: AtomicU64,
     pub sessions_over_hold_warn: AtomicU64,
-    pub hold_time_micros_total: AtomicU64,
-    pub hold_time_micros_max: AtomicU64,
     pub pool_timeouts: AtomicU64,
     pub reads_on_replica: AtomicU64,
     pub reads_on_primary: AtomicU64,
@@ -150,8 +148,6 @@ pub struct SessionStats {
 pub struct SessionStatsSnapshot {
     pub sessions: u64,
     pub sessions_over_hold_warn: u64,
-    pub hold_time_micros_total: u64,
-    pub hold_time_micros_max: u64,
     pub pool_timeouts: u64,
     pub reads_on_replica: u64,
     pub reads_on_primary: u64,
@@ -608,8 +604,6 @@ impl Database {
         SessionStatsSnapshot {
             sessions: s.sessions.load(Ordering::Relaxed),
             sessions_over_hold_warn: s.sessions_over_hold_warn.load(Ordering::Relaxed),
-            hold_time_micros_total: s.hold_time_micros_total.load(Ordering::Relaxed),
-            hold_time_micros_max: s.hold_time_micros_max.load(Ordering::Relaxed),
             pool_timeouts: s.pool_timeouts.load(Ordering::Relaxed),
             reads_on_replica: s.reads_on_replica.load(Ordering::Relaxed),
             reads_on_primary: s.reads_on_primary.load(Ordering::Relaxed),
@@ -696,14 +690,7 @@ where
 
 fn record_hold(inner: &Inner, which: SessionPool, label: &'static str, held: Duration) {
     let stats = &inner.stats;
-    let micros = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
     stats.sessions.fetch_add(1, Ordering::Relaxed);
-    stats
-        .hold_time_micros_total
-        .fetch_add(micros, Ordering::Relaxed);
-    stats
-        .hold_time_micros_max
-        .fetch_max(micros, Ordering::Relaxed);
 
     let session_hold_ms = held.as_secs_f64() * 1000.0;
     if held > inner.config.session_hold_warn {

@@ -5,8 +5,7 @@
 //! answers 503 with `Retry-After`; payments are unaffected.
 
 use axum::Json;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
 use platform::analytics::{self, Interval};
 use platform::problem::{FieldError, Problem, ProblemType};
 use serde::{Deserialize, Serialize};
@@ -17,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::AppState;
 use crate::auth::Account;
 use crate::error::ApiError;
+use crate::extract::QueryParams;
 
 /// The widest range each interval may cover, so that one request returns a bounded number
 /// of buckets (at most 1440 minutes, 744 hours, or 366 days).
@@ -95,12 +95,8 @@ pub struct PaymentAnalytics {
 pub async fn payment_analytics(
     State(app): State<AppState>,
     account: Account,
-    params: Result<Query<AnalyticsParams>, axum::extract::rejection::QueryRejection>,
+    QueryParams(params): QueryParams<AnalyticsParams>,
 ) -> Result<Json<PaymentAnalytics>, ApiError> {
-    let Query(params) = params.map_err(|rejection| {
-        Problem::new(ProblemType::MalformedBody, rejection.body_text())
-            .with_status(StatusCode::BAD_REQUEST)
-    })?;
     let (from, to, interval) =
         parse_range(&params, OffsetDateTime::now_utc()).map_err(ApiError::validation)?;
     let Some(client) = &app.analytics else {

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use platform::problem::{FieldError, Problem, ProblemType};
@@ -26,7 +26,7 @@ use crate::app::AppState;
 use crate::auth::Account;
 use crate::domain::{CreatePaymentRequest, IdempotencyKey, NewPayment};
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, QueryParams};
 use crate::psp::PspClient;
 use crate::store::{self, Claim, Events, Payment, PaymentStatus};
 
@@ -337,12 +337,8 @@ pub struct PaymentPage {
 pub async fn list_payments(
     State(app): State<AppState>,
     account: Account,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<PaymentPage>, ApiError> {
-    let Query(params) = params.map_err(|rejection| {
-        Problem::new(ProblemType::MalformedBody, rejection.body_text())
-            .with_status(StatusCode::BAD_REQUEST)
-    })?;
     let (limit, starting_after) = parse_page(&params).map_err(ApiError::validation)?;
     let account_id = account.id;
 
