@@ -68,11 +68,7 @@ fn batch_instruments() -> &'static BatchInstruments {
 #[derive(Debug, Default)]
 pub struct ConsumerStats {
     pub events_inserted_total: AtomicU64,
-    pub inserts_total: AtomicU64,
     pub insert_failures_total: AtomicU64,
-    /// Sum over inserts of the time ClickHouse took to accept them, in microseconds.
-    pub insert_seconds_sum_us: AtomicU64,
-    pub last_insert_rows: AtomicU64,
     pub dead_lettered_total: AtomicU64,
     pub claimed_total: AtomicU64,
     pub clickhouse_up: AtomicBool,
@@ -368,11 +364,6 @@ impl Consumer {
         self.stats
             .events_inserted_total
             .fetch_add(rows, Ordering::Relaxed);
-        self.stats.inserts_total.fetch_add(1, Ordering::Relaxed);
-        self.stats.last_insert_rows.store(rows, Ordering::Relaxed);
-        self.stats
-            .insert_seconds_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// After a failed INSERT: retries `batch` until ClickHouse takes it, isolating rows it
@@ -419,9 +410,10 @@ impl Consumer {
         );
         for (id, row) in batch {
             let one = vec![(id.clone(), row)];
+            let started = Instant::now();
             match self.insert_all(&one).await {
                 Ok(()) => {
-                    self.record_insert(1, Duration::ZERO);
+                    self.record_insert(1, started.elapsed());
                     self.acknowledge(vec![id]).await;
                 }
                 Err(_) if !self.clickhouse_answers().await => return false,
