@@ -158,6 +158,12 @@ async fn load(account: &TestAccount, clients: usize, duration: Duration) -> usiz
 async fn a_payment_is_one_trace_from_the_request_to_its_analytics_row() {
     let _serial = SERIAL.lock().await;
     let account = create_account_on_plan("traced", "loadtest").await;
+    // The traced payments go in the middle of a short load run, so the trace must come out
+    // whole from a busy tier, not an idle one.
+    let load_account = create_account_on_plan("traced-load", "loadtest").await;
+    let background =
+        tokio::spawn(async move { load(&load_account, 6, Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // First a payment whose caller decided not to sample (flags 00): parent-based sampling
     // must follow that decision in every service.
     let (unsampled_id, unsampled) = new_trace();
@@ -168,6 +174,11 @@ async fn a_payment_is_one_trace_from_the_request_to_its_analytics_row() {
     let (status, body) = traced_payment(&account, &traceparent).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["status"], "succeeded");
+    let answered = background.await.unwrap();
+    assert!(
+        answered > 100,
+        "the load run answered only {answered} requests"
+    );
 
     // The workers' spans end when ClickHouse has accepted the row; then the batch
     // exporter sends them within its schedule delay.
@@ -484,6 +495,7 @@ async fn otlp_over_http_reaches_the_collector_too() {
     // service name of its own.
     let (trace_id, traceparent) = new_trace();
     let service = format!("psp-sim-http-{}", &trace_id[..8]);
+    let attributes = format!("service.instance.id={service}-1,deployment.environment.name=probe");
     let lines = run_psp_sim(
         &[
             (
@@ -492,6 +504,7 @@ async fn otlp_over_http_reaches_the_collector_too() {
             ),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ("OTEL_SERVICE_NAME", &service),
+            ("OTEL_RESOURCE_ATTRIBUTES", &attributes),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ],
         Some(&traceparent),
@@ -507,6 +520,10 @@ async fn otlp_over_http_reaches_the_collector_too() {
             .filter(|s| s.name == "POST /v1/charges" && s.kind == "SPAN_KIND_SERVER")
             .count();
         if servers == 3 {
+            // OTEL_RESOURCE_ATTRIBUTES reached the collector as resource attributes.
+            let log = strip_ansi(&std::fs::read_to_string(env("TIERSTACK_OTLP_LOG")).unwrap());
+            assert!(log.contains(&format!("-> service.instance.id: Str({service}-1)")));
+            assert!(log.contains("-> deployment.environment.name: Str(probe)"));
             break;
         }
         assert!(
